@@ -1,0 +1,277 @@
+"""MNIST and Fashion-MNIST as a LightningDataModule that serves batches from memory.
+
+Each split is decoded once into a uint8 tensor; a batch is one index into it. There is no
+per-sample Dataset, PIL image or worker process: that path costs about ten times the time
+of the training step itself for a network this small.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+
+from lit_nnopt.idx import DATASETS, DataError, IDXFile, VerificationCache, load_verified
+
+DATA_DIR_ENV = "LIT_NNOPT_DATA_DIR"
+
+
+def default_data_dir() -> str:
+    return os.environ.get(DATA_DIR_ENV, "./data")
+
+
+class BatchLoader:
+    """Shuffled mini-batches of in-memory tensors, sharded for DDP and resumable mid-epoch.
+
+    Each epoch's order is a permutation drawn from ``(seed, epoch)`` alone, so it is the same
+    on every rank and after a resume. Under DDP the permutation is padded by wrapping around
+    to a multiple of ``world_size`` (as ``DistributedSampler`` does: every rank must run the
+    same number of steps) and rank ``r`` takes every ``world_size``-th index from ``r``: the
+    shards are disjoint and together cover the split.
+
+    Args:
+        images: uint8 tensor ``(N, 28, 28)``.
+        labels: int64 tensor ``(N,)``.
+        batch_size: samples per batch on this rank.
+        shuffle: draw a new permutation each epoch; otherwise serve in order.
+        seed: seed of the permutations.
+        rank, world_size: this process' place among the DDP processes.
+        mean, std: inputs are ``(pixel / 255 - mean) / std``.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        mean: float = 0.0,
+        std: float = 1.0,
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = mean / std
+        self._next_epoch = 0
+        self._resume_batch = 0
+        self._served = (0, 0)  # (epoch, batches served in it)
+
+    @property
+    def shard_size(self) -> int:
+        return math.ceil(len(self.labels) / self.world_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.shard_size / self.batch_size)
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """The sample indices this rank serves in ``epoch``, in order."""
+        count = len(self.labels)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(count, generator=generator)
+        else:
+            order = torch.arange(count)
+        padding = self.shard_size * self.world_size - count
+        if padding:
+            order = torch.cat([order, order[:padding]])
+        return order[self.rank :: self.world_size].to(self.labels.device)
+
+    def __iter__(self):
+        epoch, first = self._next_epoch, self._resume_batch
+        self._next_epoch, self._resume_batch = epoch + 1, 0
+        order = self.indices(epoch)
+        for batch in range(first, len(self)):
+            self._served = (epoch, batch + 1)
+            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            yield self.images[index].unsqueeze(1).float().mul_(self.scale).sub_(self.shift), self.labels[index]
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, served = self._served
+        if served >= len(self):
+            epoch, served = epoch + 1, 0
+        return {"epoch": epoch, "batches_served": served, "seed": self.seed, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._next_epoch = state["epoch"]
+        self._resume_batch = state["batches_served"]
+        self._served = (self._next_epoch, self._resume_batch)
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """MNIST or Fashion-MNIST, read from IDX files into memory and checked against their MD5.
+
+    Args:
+        data_dir: a torchvision root (``<data_dir>/MNIST/raw/``) or a folder holding the four
+            IDX files directly, each raw or ``.gz``. Defaults to ``$LIT_NNOPT_DATA_DIR``, else
+            ``./data``.
+        batch_size: samples per batch and per device.
+        val_split: fraction of the 60,000 training images held out for validation.
+        val_split_mode: ``random`` (a seeded random subset) or ``last`` (the last fraction of
+            the training set, as Keras' ``validation_split`` takes it).
+        download: download missing files through torchvision.
+        seed: seed of the validation split and of the per-epoch shuffling.
+        dataset: ``mnist`` or ``fashion_mnist``.
+        standardize: subtract the training mean and divide by its standard deviation after
+            scaling pixels to [0, 1]; off, inputs are ``pixel / 255`` as in Keras tutorials.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 64,
+        val_split: float = 0.2,
+        val_split_mode: Literal["random", "last"] = "random",
+        download: bool = True,
+        seed: int = 42,
+        dataset: Literal["mnist", "fashion_mnist"] = "mnist",
+        standardize: bool = False,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"`dataset` can be {', '.join(DATASETS)}, got {dataset!r}.")
+        if val_split_mode not in ("random", "last"):
+            raise ValueError(f"`val_split_mode` can be random, last, got {val_split_mode!r}.")
+        if not 0.0 < val_split < 1.0:
+            raise ValueError(f"`val_split` must lie strictly between 0 and 1, got {val_split}.")
+        if batch_size <= 0:
+            raise ValueError(f"`batch_size` must be a positive number of samples, got {batch_size}.")
+        self.data_dir = Path(data_dir if data_dir is not None else default_data_dir())
+        self.batch_size = batch_size
+        self.val_split = val_split
+        self.val_split_mode = val_split_mode
+        self.download = download
+        self.seed = seed
+        self.dataset = dataset
+        self.standardize = standardize
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._loaders: dict[str, BatchLoader] = {}
+
+    # -- finding and reading the files -------------------------------------------------
+
+    @property
+    def _files(self) -> tuple[IDXFile, ...]:
+        return DATASETS[self.dataset][1]
+
+    def search_dirs(self) -> list[Path]:
+        folder = DATASETS[self.dataset][0]
+        return [self.data_dir / folder / "raw", self.data_dir]
+
+    def locate(self, file: IDXFile) -> Path | None:
+        for directory in self.search_dirs():
+            for candidate in (directory / file.name, directory / f"{file.name}.gz"):
+                if candidate.is_file():
+                    return candidate
+        return None
+
+    def missing_files(self) -> list[str]:
+        return [file.name for file in self._files if self.locate(file) is None]
+
+    def prepare_data(self) -> None:
+        missing = self.missing_files()
+        if not missing:
+            return
+        searched = ", ".join(str(d) for d in self.search_dirs())
+        if not self.download:
+            raise DataError(
+                f"{self.dataset} files missing: {', '.join(missing)} (searched {searched}, each raw or .gz). "
+                f"Point `--data.data_dir` (or ${DATA_DIR_ENV}) at a folder that holds them, or set "
+                "`--data.download true` where a network is available."
+            )
+        self._download(searched)
+
+    def _download(self, searched: str) -> None:
+        from torchvision import datasets  # only needed the first time, online
+
+        dataset_class = datasets.MNIST if self.dataset == "mnist" else datasets.FashionMNIST
+        try:
+            dataset_class(root=str(self.data_dir), download=True)
+        except Exception as err:  # torchvision raises RuntimeError, URLError, OSError... offline
+            raise DataError(
+                f"{self.dataset} files are missing (searched {searched}) and downloading them through "
+                f"torchvision failed: {err}. Without a network, copy the four IDX files (raw or .gz) "
+                f"into {self.data_dir} or point `--data.data_dir` (or ${DATA_DIR_ENV}) at a folder that "
+                "holds them."
+            ) from err
+
+    def _read_splits(self) -> None:
+        self.prepare_data()  # under DDP every rank checks; only rank 0 may download in prepare_data
+        cache = VerificationCache()
+        tensors = {}
+        for file in self._files:
+            path = self.locate(file)
+            if path is None:
+                raise DataError(f"{file.name} is missing from {', '.join(map(str, self.search_dirs()))}.")
+            tensors[file.name] = load_verified(path, file, cache)
+        train_x, train_y = tensors["train-images-idx3-ubyte"], tensors["train-labels-idx1-ubyte"].long()
+        test_x, test_y = tensors["t10k-images-idx3-ubyte"], tensors["t10k-labels-idx1-ubyte"].long()
+        val_index, train_index = self.split_indices(len(train_y))
+        self._splits = {
+            "train": (train_x[train_index], train_y[train_index]),
+            "val": (train_x[val_index], train_y[val_index]),
+            "test": (test_x, test_y),
+        }
+        if self.standardize:
+            pixels = self._splits["train"][0].float().div_(255)
+            self._mean, self._std = pixels.mean().item(), pixels.std().item()
+        else:
+            self._mean, self._std = 0.0, 1.0
+
+    def split_indices(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(validation, training) indices into the training file."""
+        val_count = int(round(count * self.val_split))
+        if self.val_split_mode == "last":
+            return torch.arange(count - val_count, count), torch.arange(count - val_count)
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed))
+        return order[:val_count].sort().values, order[val_count:].sort().values
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self._splits:
+            self._read_splits()
+        for split in ("train", "val", "test"):
+            if self.batch_size > len(self._splits[split][1]):
+                raise DataError(
+                    f"`batch_size` {self.batch_size} is larger than the {split} split "
+                    f"({len(self._splits[split][1])} samples); choose a smaller `--data.batch_size`."
+                )
+
+    # -- loaders -----------------------------------------------------------------------
+
+    def _loader(self, split: str) -> BatchLoader:
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        loader = self._loaders.get(split)
+        if loader is None or (loader.rank, loader.world_size) != (rank, world_size):
+            images, labels = self._splits[split]
+            if device.type == "cuda":  # MNIST is 47 MB: keep it on the GPU, no copy per batch
+                images, labels = images.to(device), labels.to(device)
+            loader = BatchLoader(
+                images, labels, self.batch_size, shuffle=split == "train", seed=self.seed,
+                rank=rank, world_size=world_size, mean=self._mean, std=self._std,
+            )
+            self._loaders[split] = loader
+        return loader
+
+    def train_dataloader(self) -> BatchLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> BatchLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> BatchLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> BatchLoader:
+        return self._loader("test")

@@ -1,0 +1,131 @@
+"""The LightningModule: any network, any ``torch.optim`` optimizer and scheduler, torchmetrics."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import instantiate_class
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from lit_nnopt.networks import MLP
+
+_NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups that apply ``weight_decay`` to weights only, not to biases or norm layers."""
+    decay, exempt = [], []
+    for layer in module.modules():
+        for name, param in layer.named_parameters(recurse=False):
+            (exempt if name == "bias" or isinstance(layer, _NORM_LAYERS) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
+def describe(net: nn.Module) -> dict[str, Any]:
+    """A ``class_path`` description of a network, so hyperparameters stay plain values."""
+    cls = type(net)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(net, "init_args", {}))}
+
+
+class MNISTClassifier(pl.LightningModule):
+    """Trains a network with cross-entropy and reports loss and accuracy per split.
+
+    Logs ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``.
+    As in Keras, each loss includes the network's regularization penalty (if it has one).
+
+    Args:
+        net: the network (``class_path`` in YAML); defaults to ``MLP()``. A ``class_path``
+            dict is accepted too, as stored in checkpoints.
+        optimizer: ``{"class_path": ..., "init_args": ...}`` of any ``torch.optim`` optimizer;
+            filled from the top-level ``optimizer:`` key by the CLI. Defaults to Adam(lr=1e-3).
+        lr_scheduler: the same for a learning-rate scheduler (top-level ``lr_scheduler:``).
+        lr_scheduler_interval: step the scheduler every ``epoch`` or every optimizer ``step``.
+        lr_scheduler_frequency: step it every this many intervals.
+        exempt_bias_and_norm_from_weight_decay: put biases and norm-layer parameters in a
+            parameter group with ``weight_decay=0`` (what AdamW users usually want).
+        num_classes: classes of the accuracy metric.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        optimizer: dict | None = None,
+        lr_scheduler: dict | None = None,
+        lr_scheduler_interval: Literal["step", "epoch"] = "epoch",
+        lr_scheduler_frequency: int = 1,
+        exempt_bias_and_norm_from_weight_decay: bool = True,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        if lr_scheduler_interval not in ("step", "epoch"):
+            raise ValueError(f"`lr_scheduler_interval` can be step, epoch, got {lr_scheduler_interval!r}.")
+        if lr_scheduler_frequency < 1:
+            raise ValueError(f"`lr_scheduler_frequency` must be >= 1, got {lr_scheduler_frequency}.")
+        if isinstance(net, dict):
+            net = instantiate_class((), net)
+        self.net = net if net is not None else MLP()
+        self.save_hyperparameters()
+        if isinstance(self.hparams.get("net"), nn.Module):
+            self.hparams["net"] = describe(self.net)
+        self.optimizer_init = optimizer or {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}}
+        self.lr_scheduler_init = lr_scheduler
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        penalty = getattr(self.net, "regularization_loss", None)
+        loss = F.cross_entropy(logits, y)
+        return loss + penalty() if penalty else loss
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        self.train_acc.update(logits, y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str, accuracy: MulticlassAccuracy) -> None:
+        x, y = batch
+        logits = self(x)
+        accuracy.update(logits, y)
+        self.log(f"{split}_loss", self._loss(logits, y), prog_bar=True, sync_dist=True)
+        self.log(f"{split}_acc", accuracy, prog_bar=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_acc)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_acc)
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self(batch[0]).argmax(dim=1)
+
+    def configure_optimizers(self) -> Any:
+        init_args = dict(self.optimizer_init.get("init_args", {}))
+        weight_decay = init_args.get("weight_decay", 0.0)
+        if self.hparams.exempt_bias_and_norm_from_weight_decay and weight_decay:
+            params: Any = weight_decay_groups(self, weight_decay)
+        else:
+            params = self.parameters()
+        optimizer = instantiate_class(params, {**self.optimizer_init, "init_args": init_args})
+        if not self.lr_scheduler_init:
+            return optimizer
+        scheduler = instantiate_class(optimizer, self.lr_scheduler_init)
+        config = {
+            "scheduler": scheduler,
+            "interval": self.hparams.lr_scheduler_interval,
+            "frequency": self.hparams.lr_scheduler_frequency,
+        }
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = getattr(scheduler, "monitor", "val_loss")
+        return {"optimizer": optimizer, "lr_scheduler": config}
