@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_nnopt.data import MNISTDataModule
 from lit_nnopt.model import MNISTClassifier
+from lit_nnopt.plots import RunPictures
 from lit_nnopt.reports import RunSummary
 
 DEBUG_ENV = "LIT_NNOPT_DEBUG"
@@ -34,7 +35,7 @@ EXTRA_COMMANDS = {
 
 
 def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
-    """Progress bar, model summary, LR monitor and run summary, unless the config has its own."""
+    """Progress bar, model summary, LR monitor, run summary and pictures, unless the config has its own."""
     given = list(trainer_config.get("callbacks") or [])
     defaults: list[Callback] = []
     if trainer_config.get("enable_progress_bar", True) is not False and not _has(given, ProgressBar):
@@ -45,6 +46,8 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
         defaults.append(LearningRateMonitor(log_momentum=True, log_weight_decay=True))
     if not _has(given, RunSummary):
         defaults.append(RunSummary())
+    if not _has(given, RunPictures):
+        defaults.append(RunPictures())
     return given + defaults
 
 
@@ -68,6 +71,8 @@ class LitNNOptCLI(LightningCLI):
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"].setdefault("default_root_dir", "runs")
+        # W&B, online with a key and offline without; `--trainer.logger false` turns logging off.
+        kwargs["trainer_defaults"].setdefault("logger", {"class_path": "lit_nnopt.loggers.AutoWandbLogger"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"epilog": _epilog()})
         super().__init__(MNISTClassifier, MNISTDataModule, args=args, **kwargs)
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
             compare_main(command_line[1:])
         elif command == "new":
-            from lit_nnopt.template import main as new_main
+            from lit_nnopt.new_project import main as new_main
 
             new_main(command_line[1:])
         else:

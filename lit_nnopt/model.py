@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -68,7 +69,9 @@ class MNISTClassifier(pl.LightningModule):
         if isinstance(net, dict):
             net = instantiate_class((), net)
         self.net = net if net is not None else MLP()
-        self.save_hyperparameters()
+        with warnings.catch_warnings():  # a module in hparams is replaced by its description below
+            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+            self.save_hyperparameters()
         if isinstance(self.hparams.get("net"), nn.Module):
             self.hparams["net"] = describe(self.net)
         self.optimizer_init = optimizer or {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}}
@@ -90,7 +93,7 @@ class MNISTClassifier(pl.LightningModule):
         logits = self(x)
         loss = self._loss(logits, y)
         self.train_acc.update(logits, y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 

@@ -60,14 +60,15 @@ class RunSummary(pl.Callback):
         if trainer.sanity_checking:
             return
         metrics = {name: _plain(value) for name, value in trainer.callback_metrics.items()}
-        self.history.append({"epoch": trainer.current_epoch, **metrics})
+        elapsed = round(time.perf_counter() - self._fit_started, 4)
+        self.history.append({"epoch": trainer.current_epoch, "elapsed_seconds": elapsed, **metrics})
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.fit_seconds = time.perf_counter() - self._fit_started
-        self._write(trainer, "fit")
+        self._write(trainer, "fit", Path(trainer.log_dir or trainer.default_root_dir))
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._write(trainer, "test")
+        self._write(trainer, "test", Path(trainer.log_dir or trainer.default_root_dir))
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -101,9 +102,9 @@ class RunSummary(pl.Callback):
         return summary
 
     @rank_zero_only
-    def _write(self, trainer: pl.Trainer, stage: str) -> None:
+    def _write(self, trainer: pl.Trainer, stage: str, log_dir: Path) -> None:
+        # log_dir is resolved by the caller on every rank: `trainer.log_dir` is a collective under DDP.
         self.summary = self.build(trainer, stage)
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         path = log_dir / SUMMARY_FILE
         previous = _read_json(path)

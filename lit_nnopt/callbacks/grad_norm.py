@@ -1,0 +1,63 @@
+"""Log gradient norms, total and per parameter tensor, every few optimizer steps."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.optim import Optimizer
+
+
+class GradientNormMonitor(Callback):
+    """Log the gradient norm of the whole model and of each parameter tensor at a set cadence.
+
+    Metric names follow Lightning's ``grad_norm`` utility: ``grad_2.0_norm_total`` and
+    ``grad_2.0_norm/<parameter name>`` (for ``norm_type=2``), over the parameters of the optimizer
+    about to step. The norms are taken in
+    ``on_before_optimizer_step``: after gradient accumulation, after unscaling under mixed
+    precision, and before or after a :class:`~lit_nnopt.callbacks.GradientClipping` depending on
+    which of the two comes first in the callbacks list (``GradientClipping`` logs its own
+    before/after total norms anyway).
+
+    Off steps cost one modulo; ``every_n_steps=0`` turns the callback off entirely.
+
+    Args:
+        every_n_steps: log at every this many optimizer steps; ``None`` uses the Trainer's
+            ``log_every_n_steps``, so that each value computed is also written by the logger.
+        norm_type: the p of the p-norm; ``float("inf")`` for the max norm.
+        per_layer: log each parameter tensor's norm, not only the total.
+
+    Raises:
+        ValueError: if ``every_n_steps`` is negative or ``norm_type`` is not positive.
+
+    Example::
+
+        from lit_nnopt.callbacks import GradientNormMonitor
+        trainer = Trainer(callbacks=[GradientNormMonitor(every_n_steps=100)])
+    """
+
+    def __init__(self, every_n_steps: int | None = None, norm_type: float = 2.0, per_layer: bool = True) -> None:
+        if every_n_steps is not None and every_n_steps < 0:
+            raise ValueError(f"`every_n_steps` must be >= 0 (0 turns the monitor off), got {every_n_steps}.")
+        if not norm_type > 0:
+            raise ValueError(f"`norm_type` must be a positive number or inf, got {norm_type}.")
+        self.every_n_steps = every_n_steps
+        self.norm_type = float(norm_type)
+        self.per_layer = per_layer
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
+        every = trainer.log_every_n_steps if self.every_n_steps is None else self.every_n_steps
+        # `+ 1`: Lightning writes step metrics when (steps done + 1) is a multiple of log_every_n_steps.
+        if not every or (trainer.global_step + 1) % every:
+            return
+        stepped = {id(param) for group in optimizer.param_groups for param in group["params"]}
+        norms = {
+            f"grad_{self.norm_type}_norm/{name}": torch.linalg.vector_norm(param.grad.detach(), self.norm_type)
+            for name, param in pl_module.named_parameters()
+            if param.grad is not None and id(param) in stepped
+        }
+        if not norms:
+            return
+        total = torch.linalg.vector_norm(torch.stack(list(norms.values())), self.norm_type)
+        logged = {**(norms if self.per_layer else {}), f"grad_{self.norm_type}_norm_total": total}
+        pl_module.log_dict(logged, on_step=True, on_epoch=False, batch_size=1)

@@ -1,0 +1,213 @@
+"""Survive a non-finite training loss: roll back and go on, or stop with a checkpoint of the last good state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lit_nnopt.callbacks._shared import check_lr_schedulers, scale_lr
+
+_ACTIONS = ("rollback", "stop")
+CHECKPOINT_NAME = "nan_guard_last_good.ckpt"
+
+
+class NaNGuard(Callback):
+    """On a non-finite training loss, roll back to the last good state and go on, or stop.
+
+    Every ``snapshot_every_n_steps`` optimizer steps whose loss is finite, the callback copies
+    the weights and the optimizer states (on their device) before the step's update: the last
+    good state is the last one whose loss was finite. When a loss is NaN or infinite (on any DDP
+    rank: the decision is reduced, so all ranks act alike), the step is skipped (its gradients
+    are dropped, so the optimizer changes nothing) and then:
+
+    - ``action="rollback"``: the weights and optimizer states go back to the last good state,
+      the lr of every parameter group is multiplied by ``lr_factor``, and training goes on with
+      the next batch. After ``max_retries`` rollbacks in a row (no finite loss in between) it
+      stops as below.
+    - ``action="stop"``: the weights and optimizer states go back to the last good state, which
+      is saved to ``<dirpath>/nan_guard_last_good.ckpt``, and the Trainer stops (after
+      ``min_epochs``/``min_steps``, as with any callback stop).
+
+    Under gradient accumulation, a non-finite loss in any micro-batch skips the whole
+    accumulated step. Put ``NaNGuard`` before :class:`~lit_nnopt.callbacks.GradientClipping`
+    in the callbacks list so that the clipping callback does not see the dropped step. The
+    snapshot costs one copy of the weights and optimizer state in device memory, refreshed at
+    each snapshot; the check costs one host sync of the loss per micro-batch (and, under DDP, an
+    all-reduce of one flag). The lr scaling
+    follows the same rules for LR schedulers as :class:`~lit_nnopt.callbacks.ReduceLROnPlateau`.
+
+    Counters: ``skipped_steps``, ``rollbacks``; after a stop, ``stop_reason_message`` and
+    ``last_good_checkpoint_path``.
+
+    Args:
+        action: ``"rollback"`` or ``"stop"``.
+        max_retries: rollbacks in a row before stopping instead.
+        lr_factor: multiply the lr by this at each rollback, in (0, 1]; 1 keeps it.
+        snapshot_every_n_steps: take the snapshot every this many optimizer steps; larger
+            values copy less often but roll back further.
+        dirpath: where the stop checkpoint goes; defaults to the ModelCheckpoint's directory,
+            else ``<log_dir>/checkpoints``.
+
+    Raises:
+        ValueError: for an argument out of range.
+        MisconfigurationException: when fit starts with ``lr_factor < 1`` and an LR scheduler
+            that would undo the lr change.
+
+    Example::
+
+        from lit_nnopt.callbacks import NaNGuard
+        trainer = Trainer(callbacks=[NaNGuard(action="rollback", lr_factor=0.5, max_retries=3)])
+    """
+
+    def __init__(
+        self,
+        action: Literal["rollback", "stop"] = "rollback",
+        max_retries: int = 3,
+        lr_factor: float = 1.0,
+        snapshot_every_n_steps: int = 1,
+        dirpath: str | None = None,
+    ) -> None:
+        if action not in _ACTIONS:
+            raise ValueError(f"`action` can be {', '.join(_ACTIONS)}, got {action!r}.")
+        if max_retries < 0:
+            raise ValueError(f"`max_retries` must be >= 0, got {max_retries}.")
+        if not 0.0 < lr_factor <= 1.0:
+            raise ValueError(f"`lr_factor` must be in (0, 1] (1 keeps the lr), got {lr_factor}.")
+        if snapshot_every_n_steps < 1:
+            raise ValueError(f"`snapshot_every_n_steps` must be >= 1, got {snapshot_every_n_steps}.")
+        self.action = action
+        self.max_retries = max_retries
+        self.lr_factor = lr_factor
+        self.snapshot_every_n_steps = snapshot_every_n_steps
+        self.dirpath = dirpath
+        self.skipped_steps = 0
+        self.rollbacks = 0
+        self.retries_in_a_row = 0
+        self.stop_reason_message: str | None = None
+        self.last_good_checkpoint_path: str | None = None
+        self._bad = False
+        self._skipped = False
+        self._snapshot: dict[str, Any] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.lr_factor < 1.0:
+            check_lr_schedulers(trainer, f"NaNGuard(lr_factor={self.lr_factor})")
+        self._snapshot = None
+        self._bad = self._skipped = False
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        self._bad = trainer.strategy.reduce_boolean_decision(bad, all=False) or self._bad
+        if self._bad:
+            return
+        self.retries_in_a_row = 0
+        due = trainer.global_step % self.snapshot_every_n_steps == 0
+        if due and (self._snapshot is None or self._snapshot["step"] != trainer.global_step):
+            self._snapshot = {
+                "step": trainer.global_step,
+                "module": _clone(pl_module.state_dict()),
+                "optimizers": [_clone(optimizer.state_dict()["state"]) for optimizer in trainer.optimizers],
+            }
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
+        if not self._bad:
+            return
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
+        self._skipped = True
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._skipped:
+            return
+        self._bad = self._skipped = False
+        self.skipped_steps += 1
+        self.retries_in_a_row += 1
+        where = f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
+        if self.action == "stop" or self.retries_in_a_row > self.max_retries:
+            self._stop(trainer, pl_module, where)
+        else:
+            self._rollback(trainer, pl_module, where)
+
+    def _restore(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        """Load the last good state back; say which state that is."""
+        if self._snapshot is None:
+            return "no finite loss yet, nothing to roll back to"
+        with torch.no_grad():
+            for name, tensor in pl_module.state_dict().items():
+                tensor.copy_(self._snapshot["module"][name])
+        for optimizer, state in zip(trainer.optimizers, self._snapshot["optimizers"]):
+            current = optimizer.state_dict()
+            # Keep the current param_groups (lr set by schedulers since the snapshot); only the
+            # per-parameter state goes back. Cloned again so later steps do not write into the snapshot.
+            optimizer.load_state_dict({**current, "state": _clone(state)})
+        return f"rolled back to the weights and optimizer state before step {self._snapshot['step']}"
+
+    def _rollback(self, trainer: pl.Trainer, pl_module: pl.LightningModule, where: str) -> None:
+        restored = self._restore(trainer, pl_module)
+        if self.lr_factor < 1.0:
+            for optimizer in trainer.optimizers:
+                for index, group in enumerate(optimizer.param_groups):
+                    scale_lr(trainer, optimizer, index, float(group["lr"]) * self.lr_factor)
+        self.rollbacks += 1
+        lr_note = f", lr x{self.lr_factor}" if self.lr_factor < 1.0 else ""
+        rank_zero_warn(
+            f"NaNGuard: non-finite loss at {where}: skipped the step, {restored}{lr_note}"
+            f" (rollback {self.retries_in_a_row} of at most {self.max_retries} in a row)."
+        )
+
+    def _stop(self, trainer: pl.Trainer, pl_module: pl.LightningModule, where: str) -> None:
+        restored = self._restore(trainer, pl_module)
+        if self._snapshot is not None:
+            path = self._checkpoint_dir(trainer) / CHECKPOINT_NAME
+            trainer.save_checkpoint(path)
+            self.last_good_checkpoint_path = str(path)
+            restored += f", saved to {path}"
+        retries = f" after {self.retries_in_a_row - 1} rollbacks in a row" if self.action == "rollback" else ""
+        self.stop_reason_message = f"non-finite loss at {where}{retries}; {restored}"
+        trainer.should_stop = True
+        rank_zero_warn(f"NaNGuard: stopping: {self.stop_reason_message}.")
+
+    def _checkpoint_dir(self, trainer: pl.Trainer) -> Path:
+        if self.dirpath:
+            return Path(self.dirpath)
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath:
+            return Path(checkpoint.dirpath)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "skipped_steps": self.skipped_steps,
+            "rollbacks": self.rollbacks,
+            "retries_in_a_row": self.retries_in_a_row,
+            "stop_reason_message": self.stop_reason_message,
+            "last_good_checkpoint_path": self.last_good_checkpoint_path,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped_steps = state_dict.get("skipped_steps", 0)
+        self.rollbacks = state_dict.get("rollbacks", 0)
+        self.retries_in_a_row = state_dict.get("retries_in_a_row", 0)
+        self.stop_reason_message = state_dict.get("stop_reason_message")
+        self.last_good_checkpoint_path = state_dict.get("last_good_checkpoint_path")
+
+
+def _clone(value: Any) -> Any:
+    """A copy of nested dicts/lists of tensors with every tensor cloned (optimizer state dicts share theirs)."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _clone(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone(item) for item in value)
+    return value

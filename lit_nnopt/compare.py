@@ -1,0 +1,279 @@
+"""``python -m lit_nnopt compare``: train several configs one after another, then tabulate and plot them.
+
+Each config is trained with ``fit`` in its own process (so one crash cannot take the others
+with it), then its best checkpoint is evaluated with ``test``. The results come from each
+run's ``summary.json`` (see ``lit_nnopt.reports.RunSummary``) and go to ``DIR/comparison.md``,
+``DIR/comparison.json`` and ``DIR/comparison.png``; the table is also printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lit_nnopt.reports import SUMMARY_FILE
+
+DEFAULT_OUT = "runs/comparison"
+USAGE = f"""usage: python -m lit_nnopt compare CONFIG [CONFIG ...] [--out DIR] [OVERRIDES ...]
+
+Trains each CONFIG with `fit`, tests its best checkpoint with `test`, and writes
+DIR/comparison.md, DIR/comparison.json and DIR/comparison.png (validation accuracy and
+loss per epoch, one line per config). DIR defaults to {DEFAULT_OUT}; each run's logs,
+checkpoints and summary.json go to DIR/<config name>/.
+
+The configs come first. OVERRIDES are `fit` options applied to every run, for example
+`--data.data_dir /data --trainer.max_epochs 5`.
+
+Example: python -m lit_nnopt compare configs/sgd.yaml configs/momentum.yaml configs/adam.yaml --trainer.max_epochs 5
+"""
+COLUMNS = (
+    ("config", "config"),
+    ("best_val_acc", "best val_acc"),
+    ("final_val_acc", "final val_acc"),
+    ("test_acc", "test_acc"),
+    ("best_epoch", "best epoch"),
+    ("epochs_run", "epochs"),
+    ("stop_reason", "stop reason"),
+    ("seconds_per_epoch", "s/epoch"),
+)
+
+
+@dataclass
+class Run:
+    """One config's outcome: the row of the table and the curves of the plot."""
+
+    config: str
+    path: str
+    best_val_acc: float | None = None
+    final_val_acc: float | None = None
+    test_acc: float | None = None
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    stop_reason: str | None = None
+    seconds_per_epoch: float | None = None
+    error: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def parse_args(argv: list[str]) -> tuple[list[Path], Path, list[str]]:
+    """(configs, output folder, overrides) from the command line; see ``USAGE``."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        raise SystemExit(0 if argv else 2)
+    configs: list[Path] = []
+    while argv and not argv[0].startswith("-"):
+        configs.append(Path(argv.pop(0)))
+    out, overrides = Path(DEFAULT_OUT), []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--out" or arg.startswith("--out="):
+            value = arg.partition("=")[2] or (argv.pop(0) if argv else "")
+            if not value:
+                raise ValueError("`--out` needs a folder, e.g. `--out runs/comparison`.")
+            out = Path(value)
+        else:
+            overrides.append(arg)
+    if not configs:
+        raise ValueError(f"no CONFIG given: list the config files before any option.\n{USAGE}")
+    missing = [str(path) for path in configs if not path.is_file()]
+    if missing:
+        raise ValueError(f"config file(s) not found: {', '.join(missing)}. Give paths such as configs/adam.yaml.")
+    return configs, out, overrides
+
+
+def run_names(configs: list[Path]) -> list[str]:
+    """Each config's name: its file name without ``.yaml``, numbered where two would clash."""
+    names: list[str] = []
+    for path in configs:
+        name, count = path.stem, 2
+        while name in names:
+            name, count = f"{path.stem}-{count}", count + 1
+        names.append(name)
+    return names
+
+
+def _lit_nnopt(args: list[str], log: Path) -> tuple[int, str]:
+    """Run ``python -m lit_nnopt ARGS`` with its output in ``log``; (exit code, last error line)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as stream:
+        code = subprocess.call([sys.executable, "-m", "lit_nnopt", *args], stdout=stream, stderr=subprocess.STDOUT)
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    # lit_nnopt and jsonargparse print "...error: why" then a hint; a traceback ends with its error.
+    errors = [line for line in lines if line.startswith(("lit_nnopt: error:", "error:"))]
+    return code, (errors or lines or ["no output"])[-1]
+
+
+def _newest_summary(folder: Path, since: float) -> dict[str, Any] | None:
+    found = [path for path in folder.rglob(SUMMARY_FILE) if path.stat().st_mtime >= since]
+    if not found:
+        return None
+    return json.loads(max(found, key=lambda path: path.stat().st_mtime).read_text())
+
+
+def run_config(name: str, config: Path, overrides: list[str], folder: Path) -> Run:
+    """Fit ``config`` and test its best checkpoint, both under ``folder``; failures go into ``Run.error``."""
+    run = Run(config=name, path=str(config))
+    started = time.time()
+    # Loggers keep their own folder (save_dir), which holds summary.json: put both under `folder`.
+    placement = ["--trainer.default_root_dir", str(folder / "fit"), "--trainer.logger.save_dir", str(folder / "fit")]
+    code, message = _lit_nnopt(["fit", "--config", str(config), *overrides, *placement], folder / "fit.log")
+    summary = _newest_summary(folder / "fit", started)
+    if summary is None:
+        run.error = f"fit failed (exit {code}): {message} [log: {folder / 'fit.log'}]"
+        return run
+    _fill_from_fit(run, summary)
+    if code != 0:
+        run.error = f"fit failed (exit {code}) after {run.epochs_run} epochs: {message} [log: {folder / 'fit.log'}]"
+        return run
+    checkpoint = summary.get("best_checkpoint")
+    if not checkpoint:
+        run.error = "no best checkpoint to test (is checkpointing disabled, or fast_dev_run set?)"
+        return run
+    started = time.time()
+    code, message = _lit_nnopt(
+        ["test", "--config", str(config), *overrides, "--ckpt_path", checkpoint,
+         "--trainer.default_root_dir", str(folder / "test"), "--trainer.logger", "false"],
+        folder / "test.log",
+    )
+    tested = _newest_summary(folder / "test", started)
+    run.test_acc = (tested or {}).get("final", {}).get("test_acc")
+    if code != 0 or run.test_acc is None:
+        run.error = f"test failed (exit {code}): {message} [log: {folder / 'test.log'}]"
+    return run
+
+
+def _fill_from_fit(run: Run, summary: dict[str, Any]) -> None:
+    run.history = summary.get("history", [])
+    run.best_val_acc = summary.get("best", {}).get("val_acc")
+    run.final_val_acc = next((row["val_acc"] for row in reversed(run.history) if row.get("val_acc") is not None), None)
+    run.best_epoch = summary.get("best_epoch")
+    run.epochs_run = summary.get("epochs_run")
+    run.stop_reason = summary.get("stop_reason")
+    run.seconds_per_epoch = summary.get("seconds_per_epoch")
+
+
+def _cell(run: Run, key: str) -> str:
+    if key == "stop_reason" and run.error:
+        return f"FAILED: {run.error}"
+    value = getattr(run, key)
+    if value is None:
+        return ""
+    if key.endswith("acc"):
+        return f"{100 * value:.2f}%"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def machine() -> str:
+    """The hardware and library versions the runs used, in one line."""
+    import lightning
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return (
+        f"{platform.machine()} {platform.system()}, {device}"
+        + (f", OMP_NUM_THREADS={threads}" if threads else "")
+        + f"; Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}"
+    )
+
+
+def write_markdown(runs: list[Run], path: Path, command: str) -> None:
+    header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    rule = "|" + "|".join("---" if key in ("config", "stop_reason") else "--:" for key, _ in COLUMNS) + "|"
+    rows = ["| " + " | ".join(_cell(run, key).replace("|", "\\|") for key, _ in COLUMNS) + " |" for run in runs]
+    path.write_text(
+        "\n".join(
+            [
+                "# Comparison",
+                "",
+                f"Command: `{command}`  ",
+                f"Machine: {machine()}",
+                "",
+                header,
+                rule,
+                *rows,
+                "",
+                "best val_acc and best epoch are those of the best checkpoint (by the checkpoint's monitor, "
+                "val_acc by default); test_acc is that checkpoint's accuracy on the test set. Epochs count "
+                "from 0, as in checkpoint names.",
+                "",
+                "![validation accuracy and loss per epoch](comparison.png)",
+                "",
+            ]
+        )
+    )
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    """Validation accuracy and loss per epoch, one line per config, side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    accuracy, loss = figure.subplots(1, 2)
+    for run in runs:
+        for axes, metric in ((accuracy, "val_acc"), (loss, "val_loss")):
+            points = [(row["epoch"], row[metric]) for row in run.history if row.get(metric) is not None]
+            if points:
+                axes.plot(*zip(*points), "-o", markersize=3, label=run.config)
+    for axes, title in ((accuracy, "validation accuracy"), (loss, "validation loss")):
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend()
+    figure.savefig(path, dpi=110)
+
+
+def print_table(runs: list[Run]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lit_nnopt compare")
+    for key, title in COLUMNS:
+        table.add_column(title, justify="left" if key in ("config", "stop_reason") else "right")
+    for run in runs:
+        table.add_row(*(_cell(run, key) for key, _ in COLUMNS), style="red" if run.error else None)
+    Console().print(table)
+
+
+def main(argv: list[str]) -> None:
+    """``python -m lit_nnopt compare``; see ``USAGE``.
+
+    Raises:
+        ValueError: if no config is given, a config file is missing or ``--out`` has no value.
+    """
+    from rich.console import Console
+
+    configs, out, overrides = parse_args(list(argv))
+    command = " ".join(["python -m lit_nnopt compare", *argv])
+    out.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    runs: list[Run] = []
+    for index, (name, config) in enumerate(zip(run_names(configs), configs), start=1):
+        console.print(f"[{index}/{len(configs)}] {name}: training {config} (log: {out / name / 'fit.log'})")
+        started = time.perf_counter()
+        run = run_config(name, config, overrides, out / name)
+        runs.append(run)
+        outcome = f"[red]{run.error}[/red]" if run.error else f"test_acc {_cell(run, 'test_acc')}"
+        console.print(f"[{index}/{len(configs)}] {name}: {outcome} ({time.perf_counter() - started:.0f} s)")
+        _write(runs, out, command)  # after every run, so an interrupted comparison keeps what it has
+    print_table(runs)
+    console.print(f"Wrote {out / 'comparison.md'}, {out / 'comparison.json'} and {out / 'comparison.png'}.")
+
+
+def _write(runs: list[Run], out: Path, command: str) -> None:
+    write_markdown(runs, out / "comparison.md", command)
+    (out / "comparison.json").write_text(json.dumps([asdict(run) for run in runs], indent=2))
+    plot(runs, out / "comparison.png")

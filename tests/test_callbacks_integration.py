@@ -1,0 +1,197 @@
+"""The callbacks in a real Trainer: Lightning's BoringModel (a foreign module), ours, AMP, accumulation, resume."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.plugins import MixedPrecision
+from torch.utils.data import DataLoader, TensorDataset
+
+from lit_nnopt import MNISTClassifier
+from lit_nnopt.callbacks import EarlyStopping, GradientClipping, GradientNormMonitor, NaNGuard, ReduceLROnPlateau
+from lit_nnopt.reports import stop_reason
+from tests.test_callbacks_support import ScriptedMetricModel, quiet_trainer
+
+
+class WeightsAtValidation(Callback):
+    """Keeps a copy of the module's weights at the end of each validation, by epoch."""
+
+    def __init__(self) -> None:
+        self.by_epoch: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.by_epoch[trainer.current_epoch] = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+
+def test_foreign_module_with_a_scheduler(tmp_path):
+    weights = WeightsAtValidation()
+    stopper = EarlyStopping("val_loss", patience=3, restore_best_weights=True)
+    plateau = ReduceLROnPlateau("val_loss", factor=0.1, patience=2, min_delta=0.0, verbose=False)
+    clipping = GradientClipping(mode="norm", max_norm=1e-3)
+    model = ScriptedMetricModel([1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], lr=0.1, scheduler=True)
+    trainer = quiet_trainer(tmp_path, max_epochs=7, callbacks=[weights, stopper, plateau, clipping])
+    trainer.fit(model)
+    # Lightning steps StepLR (halving) after each epoch's last batch, before validation: at epoch 3's
+    # check, the second without improving on epoch 1's 0.5, the lr is 0.1 / 2**4. It and StepLR's base
+    # lr are cut tenfold.
+    assert [(r["epoch"], r["old_lr"], r["new_lr"]) for r in plateau.reductions] == [
+        (3, pytest.approx(0.00625), pytest.approx(0.000625))
+    ]
+    assert trainer.lr_scheduler_configs[0].scheduler.base_lrs == [pytest.approx(0.01)]
+    assert (stopper.stopped_epoch, stopper.best_epoch) == (4, 1)
+    assert stop_reason(trainer) == "early stopping at epoch 4: val_loss did not improve in 3 checks (patience 3)"
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, weights.by_epoch[1][name])
+    assert clipping.steps == 5 * 4 and clipping.clipped_fraction == 1.0
+    assert trainer.callback_metrics["grad_clip/norm_after"].item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_our_classifier(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(64, 1, 28, 28, generator=generator), torch.randint(0, 10, (64,), generator=generator)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=16)
+    clipping = GradientClipping(mode="agc", agc_exclude=["net.layers.4.*"])  # the output layer, as the paper
+    plateau = ReduceLROnPlateau("val_acc", factor=0.5, patience=0, min_delta=1.0, verbose=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[plateau, clipping, GradientNormMonitor(every_n_steps=1)])
+    trainer.fit(MNISTClassifier(), train_dataloaders=loader, val_dataloaders=loader)
+    # min_delta=1 makes no accuracy an improvement after the first: the second check halves the lr.
+    assert [(r["epoch"], r["old_lr"], r["new_lr"]) for r in plateau.reductions] == [(1, 1e-3, 5e-4)]
+    assert clipping.steps == 8 and "grad_2.0_norm_total" in trainer.callback_metrics
+
+
+class RecordsScaledGradients(BoringModel):
+    def on_after_backward(self) -> None:
+        self.scaled_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in self.parameters()]))
+
+
+def test_clips_unscaled_gradients_under_mixed_precision(tmp_path):
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    clipping = GradientClipping(mode="norm", max_norm=1e9, on_nonfinite="raise")
+    model = RecordsScaledGradients()
+    trainer = quiet_trainer(tmp_path, max_steps=1, plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
+                            callbacks=[clipping])
+    trainer.fit(model)
+    # Lightning unscales before on_before_optimizer_step: the callback sees the scaled norm / 1024.
+    assert trainer.callback_metrics["grad_clip/norm_before"].item() == pytest.approx(
+        model.scaled_norm.item() / 1024.0, rel=1e-3
+    )
+
+
+def test_overflow_under_a_grad_scaler_is_skipped_not_raised(tmp_path):
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)  # overflows fp16 gradients
+    clipping = GradientClipping(mode="norm", max_norm=1.0, on_nonfinite="raise")
+    trainer = quiet_trainer(tmp_path, max_steps=2, plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
+                            callbacks=[clipping])
+    trainer.fit(BoringModel())
+    assert clipping.nonfinite_steps == 2 and scaler.get_scale() < 2.0**60
+
+
+def test_clips_once_per_optimizer_step_under_accumulation(tmp_path):
+    clipping = GradientClipping(mode="value", clip_value=1e-4)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=6, accumulate_grad_batches=3,
+                            callbacks=[clipping])
+    trainer.fit(BoringModel())
+    assert clipping.steps == 2 == trainer.global_step
+
+
+class NaNLossModel(BoringModel):
+    """SGD with momentum (so the optimizer has state); the loss is NaN at the listed global steps."""
+
+    def __init__(self, nan_steps: set[int]) -> None:
+        super().__init__()
+        self.nan_steps = nan_steps
+        self.at_batch_start: dict[int, dict[str, torch.Tensor]] = {}
+        self.momentum_at_batch_start: dict[int, torch.Tensor] = {}
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self.at_batch_start[batch_idx] = {k: v.clone() for k, v in self.state_dict().items()}
+        state = self.trainer.optimizers[0].state.get(self.layer.weight, {})
+        if "momentum_buffer" in state:
+            self.momentum_at_batch_start[batch_idx] = state["momentum_buffer"].clone()
+
+    def training_step(self, batch, batch_idx: int):
+        loss = self.step(batch)
+        return loss * torch.nan if self.global_step in self.nan_steps else loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+
+def test_nan_guard_rolls_back_skips_and_cuts_the_lr(tmp_path):
+    guard = NaNGuard(action="rollback", lr_factor=0.5)
+    model = NaNLossModel(nan_steps={3})
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=6, callbacks=[guard])
+    with pytest.warns(UserWarning, match="non-finite loss at step 4 .*rolled back to the weights and optimizer state"):
+        trainer.fit(model)
+    # Batch 3's loss is NaN: its step is skipped and step 2 (taken from weights that had a finite
+    # loss, but leading to ones that did not) is undone, so batch 4 starts where batch 2 did.
+    for name, tensor in model.at_batch_start[4].items():
+        assert torch.equal(tensor, model.at_batch_start[2][name])
+    assert torch.equal(model.momentum_at_batch_start[4], model.momentum_at_batch_start[2])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert (guard.skipped_steps, guard.rollbacks) == (1, 1)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_nan_guard_stops_with_a_checkpoint_of_the_last_good_state(tmp_path):
+    guard = NaNGuard(action="stop")
+    model = NaNLossModel(nan_steps={3})
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=6, callbacks=[guard])
+    with pytest.warns(UserWarning, match="NaNGuard: stopping: non-finite loss at step 4"):
+        trainer.fit(model)
+    assert trainer.global_step == 4 and guard.skipped_steps == 1
+    saved = torch.load(guard.last_good_checkpoint_path, weights_only=False)["state_dict"]
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, model.at_batch_start[2][name])
+    assert guard.stop_reason_message.endswith(f"saved to {guard.last_good_checkpoint_path}")
+
+
+def test_nan_guard_stops_after_max_retries_in_a_row(tmp_path):
+    guard = NaNGuard(action="rollback", max_retries=2)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=10, callbacks=[guard])
+    with pytest.warns(UserWarning, match="after 2 rollbacks in a row"):
+        trainer.fit(NaNLossModel(nan_steps={3, 4, 5, 6, 7}))
+    assert (guard.rollbacks, guard.skipped_steps, trainer.global_step) == (2, 3, 6)
+
+
+def test_resume_gives_the_same_decisions_as_an_uninterrupted_run(tmp_path):
+    script = [1.0, 0.5, 0.6, 0.7, 0.4, 0.45, 0.5, 0.55]
+
+    def run(ckpt_path=None):
+        callbacks = [
+            EarlyStopping("val_loss", patience=3, restore_best_weights=True),
+            ReduceLROnPlateau("val_loss", factor=0.5, patience=2, min_delta=0.0, verbose=False),
+            GradientClipping(mode="autoclip", autoclip_percentile=50),
+            ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{epoch}", save_top_k=-1),
+        ]
+        model = ScriptedMetricModel(script)
+        trainer = quiet_trainer(tmp_path, max_epochs=len(script), callbacks=callbacks, enable_checkpointing=True)
+        trainer.fit(model, ckpt_path=ckpt_path)
+        return trainer, model, callbacks[:3]
+
+    _, whole_model, whole = run()
+    # Reductions after epochs 3 and 6, the stop at 7: all after the resume point below.
+    assert [r["epoch"] for r in whole[1].reductions] == [3, 6] and whole[0].stopped_epoch == 7
+    _, resumed_model, resumed = run(ckpt_path=tmp_path / "ckpt" / "epoch=2.ckpt")
+    for whole_callback, resumed_callback in zip(whole, resumed):
+        assert repr(resumed_callback.state_dict()) == repr(whole_callback.state_dict())
+    for name, tensor in whole_model.state_dict().items():
+        assert torch.allclose(resumed_model.state_dict()[name], tensor)
+
+
+class LogsTrainLoss(BoringModel):
+    def training_step(self, batch, batch_idx: int):
+        loss = self.step(batch)
+        self.log("train_loss", 1.0, on_step=False, on_epoch=True)  # never improves
+        return loss
+
+
+def test_plateau_decides_at_epoch_end_without_validation(tmp_path):
+    plateau = ReduceLROnPlateau("train_loss", factor=0.5, patience=1, verbose=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=3, limit_val_batches=0, callbacks=[plateau])
+    trainer.fit(LogsTrainLoss())
+    assert [r["epoch"] for r in plateau.reductions] == [1, 2]

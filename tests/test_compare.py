@@ -1,0 +1,100 @@
+"""``python -m lit_nnopt compare``: argument parsing, the table and plot, and a real comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lit_nnopt.compare import DEFAULT_OUT, Run, parse_args, plot, run_names, write_markdown
+from tests.conftest import CONFIGS, run_cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_parse_args_splits_configs_out_and_overrides() -> None:
+    sgd, adam = str(CONFIGS / "sgd.yaml"), str(CONFIGS / "adam.yaml")
+    configs, out, overrides = parse_args(
+        [sgd, adam, "--trainer.max_epochs", "5", "--out", "results", "--data.data_dir=/data"]
+    )
+    assert configs == [Path(sgd), Path(adam)]
+    assert out == Path("results")
+    assert overrides == ["--trainer.max_epochs", "5", "--data.data_dir=/data"]
+    assert parse_args([sgd, "--out=elsewhere"])[1] == Path("elsewhere")
+    assert parse_args([sgd])[1:] == (Path(DEFAULT_OUT), [])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--trainer.max_epochs", "5"], "no CONFIG"),
+        (["configs/no_such.yaml"], "not found: configs/no_such.yaml"),
+        ([str(CONFIGS / "sgd.yaml"), "--out"], "`--out` needs a folder"),
+    ],
+)
+def test_parse_args_explains_bad_input(argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_args(argv)
+
+
+def test_help_prints_usage(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--help"])
+    assert stopped.value.code == 0
+    assert "usage: python -m lit_nnopt compare CONFIG" in capsys.readouterr().out
+
+
+def test_run_names_follow_file_names_and_stay_unique() -> None:
+    assert run_names([Path("a/sgd.yaml"), Path("b/sgd.yaml"), Path("adam.yaml"), Path("c/sgd.yaml")]) == [
+        "sgd", "sgd-2", "adam", "sgd-3",
+    ]
+
+
+def _history(accuracies: list[float]) -> list[dict]:
+    return [{"epoch": epoch, "val_acc": acc, "val_loss": 1 - acc} for epoch, acc in enumerate(accuracies)]
+
+
+def test_markdown_has_one_row_per_config_and_reports_failures(tmp_path: Path) -> None:
+    runs = [
+        Run("sgd", "configs/sgd.yaml", 0.95, 0.949, 0.951, 2, 3, "max_epochs (3) reached", 2.5, None, _history([0.9, 0.94, 0.95])),
+        Run("broken", "broken.yaml", error="fit failed (exit 1): lit_nnopt: error: a | b"),
+    ]
+    path = tmp_path / "comparison.md"
+    write_markdown(runs, path, "python -m lit_nnopt compare configs/sgd.yaml broken.yaml")
+    rows = [line for line in path.read_text().splitlines() if line.startswith("| ") and "config" not in line]
+    assert rows[0] == "| sgd | 95.00% | 94.90% | 95.10% | 2 | 3 | max_epochs (3) reached | 2.50 |"
+    assert rows[1].startswith("| broken |") and "FAILED: fit failed (exit 1): lit_nnopt: error: a \\| b" in rows[1]
+    assert len(rows) == 2
+    assert "Command: `python -m lit_nnopt compare configs/sgd.yaml broken.yaml`" in path.read_text()
+
+
+def test_plot_draws_each_run_with_a_history(tmp_path: Path) -> None:
+    path = tmp_path / "comparison.png"
+    plot([Run("a", "a.yaml", history=_history([0.5, 0.7])), Run("failed", "f.yaml", error="x")], path)
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_compare_two_configs_and_a_broken_one(mnist_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("# Not a valid config: the model has no such argument.\nmodel:\n  no_such_argument: 1\n")
+    out = tmp_path / "out"
+    result = run_cli(
+        "compare", str(CONFIGS / "sgd.yaml"), str(broken), str(CONFIGS / "tutorial.yaml"), "--out", str(out),
+        "--data.data_dir", str(mnist_dir), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4",
+        "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2", "--trainer.logger.mode", "disabled",
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "comparison.png").read_bytes().startswith(PNG_SIGNATURE)
+    rows = {row["config"]: row for row in json.loads((out / "comparison.json").read_text())}
+    assert list(rows) == ["sgd", "broken", "tutorial"]
+    for name in ("sgd", "tutorial"):
+        assert rows[name]["error"] is None
+        assert rows[name]["epochs_run"] == 2 and len(rows[name]["history"]) == 2
+        assert 0.0 <= rows[name]["test_acc"] <= 1.0
+        assert rows[name]["best_val_acc"] == max(row["val_acc"] for row in rows[name]["history"])
+    assert "fit failed" in rows["broken"]["error"] and "no_such_argument" in rows["broken"]["error"]
+    table = [line for line in (out / "comparison.md").read_text().splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| sgd", "| broken", "| tutorial"]
+    assert "[3/3] tutorial: test_acc" in result.stderr

@@ -1,0 +1,158 @@
+"""The DataModule on the real MNIST, and the in-memory batch loader."""
+
+import gzip
+import os
+
+import pytest
+import torch
+
+from lit_nnopt.data import BatchLoader, MNISTDataModule
+from lit_nnopt.idx import DataError
+
+
+def _loader(count=103, batch_size=10, **kwargs):
+    images = torch.arange(count, dtype=torch.uint8).reshape(count, 1, 1).expand(count, 28, 28).contiguous()
+    labels = torch.arange(count)
+    return BatchLoader(images, labels, batch_size, shuffle=True, seed=3, **kwargs)
+
+
+def _served(loader):
+    return torch.cat([labels for _, labels in loader]).tolist()
+
+
+def test_batches_scale_pixels_and_cover_the_split_once():
+    loader = _loader()
+    assert len(loader) == 11
+    images, labels = next(iter(_loader()))
+    assert images.shape == (10, 1, 28, 28) and images.dtype == torch.float32
+    assert torch.allclose(images[:, 0, 0, 0], labels.float() / 255)
+    assert sorted(_served(loader)) == list(range(103))
+
+
+def test_each_epoch_is_a_new_permutation_that_a_seed_reproduces():
+    loader = _loader()
+    first, second = _served(loader), _served(loader)
+    assert first != second
+    again = _loader()
+    assert _served(again) == first and _served(again) == second
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_ddp_shards_are_disjoint_equal_and_cover_the_split(world_size):
+    shards = [_served(_loader(rank=rank, world_size=world_size)) for rank in range(world_size)]
+    assert len({len(shard) for shard in shards}) == 1, "every rank must run the same number of steps"
+    padding = len(shards[0]) * world_size - 103
+    assert sorted(set().union(*shards)) == list(range(103))
+    assert sum(len(shard) for shard in shards) - len(set().union(*shards)) == padding < world_size
+    if padding == 0:
+        assert all(set(a).isdisjoint(b) for i, a in enumerate(shards) for b in shards[i + 1 :])
+
+
+def test_resume_mid_epoch_continues_with_the_same_batches():
+    reference = _loader()
+    uninterrupted = [_served(reference) for _ in range(2)]
+
+    interrupted = _loader()
+    iterator = iter(interrupted)
+    head = [next(iterator)[1] for _ in range(4)]
+    state = interrupted.state_dict()
+    assert state["epoch"] == 0 and state["batches_served"] == 4
+
+    resumed = _loader()
+    resumed.load_state_dict(state)
+    rest = _served(resumed)
+    assert torch.cat(head).tolist() + rest == uninterrupted[0]
+    assert _served(resumed) == uninterrupted[1]
+
+
+def test_state_after_a_full_epoch_points_at_the_next_one():
+    loader = _loader()
+    _served(loader)
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["batches_served"] == 0
+
+
+def test_unshuffled_loader_serves_in_order():
+    loader = BatchLoader(torch.zeros(25, 28, 28, dtype=torch.uint8), torch.arange(25), 10, shuffle=False)
+    assert _served(loader) == list(range(25))
+
+
+def test_split_is_seeded_deterministic_and_disjoint(mnist_dir):
+    first = MNISTDataModule(str(mnist_dir), seed=1).split_indices(60000)
+    again = MNISTDataModule(str(mnist_dir), seed=1).split_indices(60000)
+    other = MNISTDataModule(str(mnist_dir), seed=2).split_indices(60000)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+    val, train = first
+    assert len(val) == 12000 and len(train) == 48000
+    assert len(set(val.tolist()) | set(train.tolist())) == 60000
+
+
+def test_keras_split_takes_the_last_fraction(mnist_dir):
+    val, train = MNISTDataModule(str(mnist_dir), val_split_mode="last").split_indices(60000)
+    assert val.tolist() == list(range(48000, 60000))
+    assert train.tolist() == list(range(48000))
+
+
+def test_real_mnist_loads_from_gz_in_torchvision_layout(mnist_dir):
+    data = MNISTDataModule(str(mnist_dir))
+    data.setup("fit")
+    images, labels = next(iter(data.train_dataloader()))
+    assert images.shape == (64, 1, 28, 28) and labels.shape == (64,)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert len(data.val_dataloader()) == 12000 // 64 + 1
+    assert len(data.test_dataloader()) == 10000 // 64 + 1
+
+
+def test_flat_folder_with_raw_files_works(mnist_dir, tmp_path):
+    for source in (mnist_dir / "MNIST" / "raw").glob("*labels*.gz"):
+        (tmp_path / source.name[:-3]).write_bytes(gzip.decompress(source.read_bytes()))
+    for source in (mnist_dir / "MNIST" / "raw").glob("*images*.gz"):
+        os.symlink(source, tmp_path / source.name)
+    data = MNISTDataModule(str(tmp_path))
+    data.setup("fit")
+    assert len(data.train_dataloader()) == 750
+
+
+def test_missing_files_without_download_name_the_folders(tmp_path):
+    with pytest.raises(DataError, match=f"searched {tmp_path}/MNIST/raw, {tmp_path}") as error:
+        MNISTDataModule(str(tmp_path), download=False).prepare_data()
+    assert "--data.data_dir" in str(error.value)
+
+
+def test_failed_download_explains_how_to_work_offline(tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(datasets, "MNIST", offline)
+    with pytest.raises(DataError, match="downloading them through torchvision failed.*Without a network"):
+        MNISTDataModule(str(tmp_path), download=True).prepare_data()
+
+
+def test_data_dir_defaults_to_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("LIT_NNOPT_DATA_DIR", str(tmp_path))
+    assert MNISTDataModule().data_dir == tmp_path
+    monkeypatch.delenv("LIT_NNOPT_DATA_DIR")
+    assert str(MNISTDataModule().data_dir) == "data"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"val_split": 0.0}, "val_split"),
+        ({"val_split": 1.0}, "val_split"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"dataset": "cifar"}, "mnist, fashion_mnist"),
+        ({"val_split_mode": "first"}, "random, last"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MNISTDataModule(**kwargs)
+
+
+def test_batch_larger_than_a_split_is_refused(mnist_dir):
+    data = MNISTDataModule(str(mnist_dir), batch_size=20000)
+    with pytest.raises(DataError, match="larger than the val split"):
+        data.setup("fit")

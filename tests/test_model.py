@@ -1,0 +1,101 @@
+"""Networks and the LightningModule: shapes, optimizer injection, schedulers, hyperparameters."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.demos.boring_classes import RandomDataset
+from torch.utils.data import DataLoader
+
+from lit_nnopt import CNN, MLP, MNISTClassifier
+from lit_nnopt.model import weight_decay_groups
+
+
+@pytest.mark.parametrize("net", [MLP(), MLP([256, 64], batch_norm=True, dropout=0.5), CNN()])
+def test_networks_map_images_to_ten_logits(net):
+    assert net(torch.rand(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_keras_init_is_glorot_uniform_with_zero_bias():
+    net = MLP(init="keras")
+    dense = net.layers[1]
+    limit = (6 / (784 + 128)) ** 0.5
+    assert dense.weight.abs().max() <= limit and dense.weight.abs().max() > 0.9 * limit
+    assert torch.count_nonzero(dense.bias) == 0
+
+
+def test_l2_penalty_is_keras_formula_on_hidden_kernels_only():
+    net = MLP([16, 8], l2=0.01)
+    expected = 0.01 * (net.layers[1].weight.pow(2).sum() + net.layers[3].weight.pow(2).sum())
+    assert torch.allclose(net.regularization_loss(), expected)
+    assert MLP().regularization_loss() == 0.0
+
+
+def test_loss_includes_the_regularization_penalty():
+    model = MNISTClassifier(net=MLP([16], l2=0.1))
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    logits = model(x)
+    plain = torch.nn.functional.cross_entropy(logits, y)
+    assert torch.allclose(model._loss(logits, y), plain + model.net.regularization_loss())
+
+
+def test_default_optimizer_is_adam():
+    optimizer = MNISTClassifier().configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-3
+
+
+def test_any_torch_optimizer_is_injected_with_its_arguments():
+    model = MNISTClassifier(optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01, "momentum": 0.9}})
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["lr"] == 0.01 and optimizer.defaults["momentum"] == 0.9
+
+
+def test_scheduler_interval_and_frequency_reach_lightning():
+    model = MNISTClassifier(
+        lr_scheduler={"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 3}},
+        lr_scheduler_interval="step",
+        lr_scheduler_frequency=2,
+    )
+    config = model.configure_optimizers()
+    scheduler = config["lr_scheduler"]
+    assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.StepLR)
+    assert scheduler["interval"] == "step" and scheduler["frequency"] == 2
+
+
+def test_weight_decay_skips_biases_and_norm_layers():
+    net = MLP([16], batch_norm=True)
+    decay, exempt = weight_decay_groups(net, 0.05)
+    assert decay["weight_decay"] == 0.05 and exempt["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(net.layers[1].weight), id(net.layers[4].weight)}
+    assert len(exempt["params"]) == 4  # two biases, batch-norm weight and bias
+
+
+def test_adamw_gets_the_two_groups():
+    model = MNISTClassifier(optimizer={"class_path": "torch.optim.AdamW", "init_args": {"weight_decay": 0.01}})
+    groups = model.configure_optimizers().param_groups
+    assert [group["weight_decay"] for group in groups] == [0.01, 0.0]
+
+
+def test_invalid_scheduler_interval_lists_choices():
+    with pytest.raises(ValueError, match="step, epoch"):
+        MNISTClassifier(lr_scheduler_interval="batch")
+
+
+class _Images(RandomDataset):
+    def __getitem__(self, index):
+        return self.data[index].reshape(1, 28, 28), index % 10
+
+
+def test_python_built_checkpoint_keeps_primitive_hparams_and_loads(tmp_path):
+    model = MNISTClassifier(net=MLP([32], dropout=0.1))
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(model, DataLoader(_Images(784, 8), batch_size=4))
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["hyper_parameters"]["net"] == {
+        "class_path": "lit_nnopt.networks.MLP",
+        "init_args": MLP([32], dropout=0.1).init_args,
+    }
+    restored = MNISTClassifier.load_from_checkpoint(path)
+    assert torch.equal(restored.net.layers[1].weight, model.net.layers[1].weight)
