@@ -8,6 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread per process: tests run several processes (DDP ranks, CLI subprocesses) on
+# a 2-core machine, and oversubscribed OpenMP threads spin; the small networks lose nothing.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
