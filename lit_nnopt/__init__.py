@@ -1,8 +1,13 @@
 """lit_nnopt: learn, apply and compare neural-network optimization techniques on PyTorch Lightning."""
 
 from lit_nnopt.data import BatchLoader, MNISTDataModule
+from lit_nnopt.loggers import AutoWandbLogger
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.networks import CNN, MLP
+from lit_nnopt.plots import RunPictures
+from lit_nnopt.reports import RunSummary
 
-__all__ = ["BatchLoader", "CNN", "MLP", "MNISTClassifier", "MNISTDataModule"]
+__all__ = [
+    "AutoWandbLogger", "BatchLoader", "CNN", "MLP", "MNISTClassifier", "MNISTDataModule", "RunPictures", "RunSummary",
+]
 __version__ = "0.1.0"

@@ -7,10 +7,14 @@ listed by ``python -m lit_nnopt fit --help``.
 
 from __future__ import annotations
 
+import importlib
 import os
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
@@ -21,11 +25,25 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_nnopt.data import MNISTDataModule
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.plots import RunPictures
 from lit_nnopt.reports import RunSummary
+from lit_nnopt.resilience import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    ConfigFileError,
+    InterruptCheckpoint,
+    check_checkpoint,
+    check_config_file,
+    check_writable,
+    config_files,
+    find_resumable_checkpoint,
+    resume_command,
+)
 
 DEBUG_ENV = "LIT_NNOPT_DEBUG"
 EXTRA_COMMANDS = {
@@ -35,7 +53,7 @@ EXTRA_COMMANDS = {
 
 
 def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
-    """Progress bar, model summary, LR monitor, run summary and pictures, unless the config has its own."""
+    """Progress bar, model summary, LR monitor, run summary, pictures and interrupt checkpoint, unless the config has its own."""
     given = list(trainer_config.get("callbacks") or [])
     defaults: list[Callback] = []
     if trainer_config.get("enable_progress_bar", True) is not False and not _has(given, ProgressBar):
@@ -48,6 +66,8 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
         defaults.append(RunSummary())
     if not _has(given, RunPictures):
         defaults.append(RunPictures())
+    if not _has(given, InterruptCheckpoint):
+        defaults.append(InterruptCheckpoint())
     return given + defaults
 
 
@@ -75,12 +95,16 @@ class LitNNOptCLI(LightningCLI):
         kwargs["trainer_defaults"].setdefault("logger", {"class_path": "lit_nnopt.loggers.AutoWandbLogger"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"epilog": _epilog()})
+        # The command line, to print the command that resumes an interrupted run.
+        self._argv = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, list) else None
         super().__init__(MNISTClassifier, MNISTDataModule, args=args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_optimizer_args(link_to="model.optimizer")
         parser.add_lr_scheduler_args(link_to="model.lr_scheduler")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # One run folder: the logger's (W&B, TensorBoard, CSV) lands under --trainer.default_root_dir.
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_acc",
@@ -97,10 +121,66 @@ class LitNNOptCLI(LightningCLI):
         lr = _init_arg(optimizer, "lr")
         if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
             raise ConfigError(f"`optimizer.init_args.lr` must be a positive number, got {lr!r}. Set e.g. `--optimizer.lr 0.001`.")
+        _check_dropout(config)
+        _check_patience(config)
+        _check_output_dirs(config)
+        self._resolve_ckpt_path_last(config)
+
+    def _resolve_ckpt_path_last(self, config: Any) -> None:
+        """``--ckpt_path last``: the newest ``last.ckpt`` of a run of this config; ``fit`` goes on in that run's folder.
+
+        Each run of the default logger gets a new folder, where Lightning's own search for
+        ``last`` would find nothing; it is left to Lightning when the folder is fixed (an explicit
+        logger ``id``, ``checkpoint.dirpath``, or another logger).
+        """
+        logger = config.get("trainer", {}).get("logger")
+        if config.get("ckpt_path") != "last" or config.get("checkpoint", {}).get("dirpath") or not _is_auto_wandb(logger):
+            return
+        init_args = logger.get("init_args") or {}
+        if init_args.get("id") or os.environ.get("WANDB_RUN_ID"):
+            return
+        project_dir = Path(init_args.get("save_dir") or "runs") / (init_args.get("project") or "lit_nnopt")
+        dumped = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False))
+        found = find_resumable_checkpoint(project_dir, dumped)
+        if found is None and self.subcommand != "fit":
+            raise CheckpointError(
+                f"--ckpt_path last: no run of this config under {project_dir} has a last.ckpt. "
+                "Give the checkpoint's path instead."
+            )
+        if found is None:
+            sys.stderr.write(
+                f"lit_nnopt: --ckpt_path last: no run of this config under {project_dir} to resume; starting a new run.\n"
+            )
+            config.ckpt_path = None
+            return
+        config.ckpt_path = str(found)
+        if self.subcommand == "fit":
+            logger.init_args.id = found.parent.parent.name
+        sys.stderr.write(f"lit_nnopt: resuming from {found}\n")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        return super().instantiate_trainer(**{**kwargs, "callbacks": default_callbacks(trainer_config)})
+        callbacks = default_callbacks(trainer_config)
+        for callback in callbacks:
+            if isinstance(callback, InterruptCheckpoint) and callback.resume_command is None and self._argv:
+                callback.resume_command = resume_command(self._argv, self._resume_ckpt_path())
+        plugins = _with_atomic_checkpoint_io(trainer_config.get("plugins"))
+        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks, "plugins": plugins})
+
+    def _resume_ckpt_path(self) -> str:
+        """``last`` where ``--ckpt_path last`` finds this run's checkpoint again, else its path."""
+        config = self.config.get(str(self.subcommand), self.config)
+        logger = config.get("trainer", {}).get("logger")
+        fixed_folder = config.get("checkpoint", {}).get("dirpath") or logger in (None, False)
+        return "last" if fixed_folder or _is_auto_wandb(logger) else "{ckpt_path}"
+
+    def _check_ckpt_path(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path:
+            check_checkpoint(str(ckpt_path), self.model, self.subcommand == "fit", config.get("weights_only"))
+
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
 
 def _init_arg(namespace: Any, key: str) -> Any:
@@ -108,6 +188,59 @@ def _init_arg(namespace: Any, key: str) -> Any:
         return None
     init_args = namespace.get("init_args") if hasattr(namespace, "get") else None
     return init_args.get(key) if init_args is not None and hasattr(init_args, "get") else None
+
+
+def _check_dropout(config: Any) -> None:
+    dropout = _init_arg(config.get("model", {}).get("net"), "dropout")
+    if isinstance(dropout, (int, float)) and not 0 <= dropout < 1:
+        raise ConfigError(
+            f"`model.net.init_args.dropout` must lie in [0, 1), got {dropout!r}: it is the fraction of units "
+            "dropped in training, and 0 turns dropout off. Set e.g. `--model.net.init_args.dropout 0.2`."
+        )
+
+
+def _check_patience(config: Any) -> None:
+    callbacks = config.get("trainer", {}).get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    named = [(f"trainer.callbacks[{i}]", callback) for i, callback in enumerate(callbacks)]
+    for where, namespace in named + [("lr_scheduler", config.get("lr_scheduler"))]:
+        patience = _init_arg(namespace, "patience")
+        if isinstance(patience, (int, float)) and patience < 0:
+            raise ConfigError(
+                f"`{where}.init_args.patience` of {namespace.get('class_path')} must be >= 0, got {patience!r}: "
+                "it counts the checks without improvement to wait for."
+            )
+
+
+def _check_output_dirs(config: Any) -> None:
+    trainer = config.get("trainer", {})
+    folders = [(trainer.get("default_root_dir"), "--trainer.default_root_dir")]
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        folders.append((_init_arg(logger, "save_dir"), "--trainer.logger.save_dir"))
+    folders.append((config.get("checkpoint", {}).get("dirpath"), "--checkpoint.dirpath"))
+    for folder, option in folders:
+        if folder:
+            check_writable(folder, option)
+
+
+def _is_auto_wandb(logger: Any) -> bool:
+    from lit_nnopt.loggers import AutoWandbLogger
+
+    class_path = logger.get("class_path") if hasattr(logger, "get") else None
+    if not isinstance(class_path, str) or "." not in class_path:
+        return False
+    module, name = class_path.rsplit(".", 1)
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, AutoWandbLogger)
+
+
+def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
+    given = list(plugins) if isinstance(plugins, (list, tuple)) else [] if plugins is None else [plugins]
+    return given if any(isinstance(plugin, CheckpointIO) for plugin in given) else given + [AtomicCheckpointIO()]
 
 
 def _epilog() -> str:
@@ -124,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     command_line = list(sys.argv[1:] if argv is None else argv)
     command = command_line[0] if command_line else None
     try:
+        for path in config_files(command_line):
+            check_config_file(path)
         if command == "compare":
             from lit_nnopt.compare import main as compare_main
 
@@ -137,6 +272,13 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("lit_nnopt: interrupted.\n")
         sys.exit(130)
+    except SIGTERMException as stop:  # a SystemExit without a code (status 0) unless InterruptCheckpoint set one
+        sys.exit(stop.code or 128 + signal.SIGTERM)
+    except ConfigFileError as error:  # exit status 2, as for the other problems LightningCLI's parser finds
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"lit_nnopt: error: {error}\n")
+        sys.exit(2)
     except Exception as error:
         if os.environ.get(DEBUG_ENV):
             raise

@@ -219,7 +219,9 @@ class AutoWandbLogger(WandbLogger):
 
     def _init(self, wandb: Any) -> None:
         # Offline, wandb's seven lines of banner and farewell say what `finalize` says in one.
-        settings = wandb.Settings(init_timeout=self.init_timeout, silent=self.mode == "offline")
+        # Online, quiet keeps the run's address and saves a failed start ten seconds of farewell.
+        offline = self.mode == "offline"
+        settings = wandb.Settings(init_timeout=self.init_timeout, quiet=True, silent=offline)
         self._wandb_init.update(mode=self.mode, settings=settings)
         WandbLogger.experiment.fget(self)
 
@@ -235,7 +237,13 @@ class AutoWandbLogger(WandbLogger):
     def finalize(self, status: str) -> None:
         super().finalize(status)
         if self.mode == "offline" and self._experiment is not None:
-            _say_offline(Path(self._experiment.dir).parent, self.mode_reason)
+            _say_offline(self._sync_target(), self.mode_reason)
+
+    def _sync_target(self) -> str:
+        # A resumed run (same id: fit, then test) has one offline folder per process; sync them all.
+        pattern = f"offline-run-*-{self.run_id}"
+        found = list((self.run_dir / "wandb").glob(pattern))
+        return str(found[0] if len(found) == 1 else self.run_dir / "wandb" / pattern)
 
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         if self.mode == "online":  # an offline run would copy every checkpoint into wandb's staging area
@@ -266,13 +274,13 @@ class AutoWandbLogger(WandbLogger):
             self._watched = True
 
 
-def _say_offline(sync_dir: Path, reason: str) -> None:
+def _say_offline(sync_target: str, reason: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
     Console(stderr=True).print(
         f"[bold]W&B[/bold]: {escape(reason)}, so this run was logged offline; "
-        f"upload it with [bold]wandb sync {escape(str(sync_dir))}[/bold]",
+        f"upload it with [bold]wandb sync {escape(sync_target)}[/bold]",
         soft_wrap=True,
         highlight=False,
     )

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.cli import instantiate_class
 from torch import nn
 from torch.nn import functional as F
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_nnopt.networks import MLP
@@ -32,6 +33,30 @@ def describe(net: nn.Module) -> dict[str, Any]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(net, "init_args", {}))}
 
 
+class SplitMetrics(nn.Module):
+    """Loss and accuracy of one split, accumulated on the device and synchronized across DDP ranks.
+
+    The loss is the sample-weighted mean over the epoch. Neither metric validates its input,
+    which would synchronize with the device on every batch.
+    """
+
+    def __init__(self, split: str, num_classes: int) -> None:
+        super().__init__()
+        self.split = split
+        self.loss = MeanMetric(nan_strategy="disable")
+        self.accuracy = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.loss.update(loss, weight=len(target))
+        self.accuracy.update(logits, target)
+
+    def compute_and_reset(self) -> dict[str, torch.Tensor]:
+        values = {f"{self.split}_loss": self.loss.compute(), f"{self.split}_acc": self.accuracy.compute()}
+        self.loss.reset()
+        self.accuracy.reset()
+        return values
+
+
 class MNISTClassifier(pl.LightningModule):
     """Trains a network with cross-entropy and reports loss and accuracy per split.
 
@@ -49,6 +74,8 @@ class MNISTClassifier(pl.LightningModule):
         exempt_bias_and_norm_from_weight_decay: put biases and norm-layer parameters in a
             parameter group with ``weight_decay=0`` (what AdamW users usually want).
         num_classes: classes of the accuracy metric.
+        compile: run the network through ``torch.compile`` (pays off on GPUs; the first
+            steps then take longer while it compiles).
     """
 
     def __init__(
@@ -60,6 +87,7 @@ class MNISTClassifier(pl.LightningModule):
         lr_scheduler_frequency: int = 1,
         exempt_bias_and_norm_from_weight_decay: bool = True,
         num_classes: int = 10,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if lr_scheduler_interval not in ("step", "epoch"):
@@ -76,9 +104,13 @@ class MNISTClassifier(pl.LightningModule):
             self.hparams["net"] = describe(self.net)
         self.optimizer_init = optimizer or {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}}
         self.lr_scheduler_init = lr_scheduler
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_metrics = SplitMetrics("train", num_classes)
+        self.val_metrics = SplitMetrics("val", num_classes)
+        self.test_metrics = SplitMetrics("test", num_classes)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+            self.net = torch.compile(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -92,23 +124,31 @@ class MNISTClassifier(pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self._loss(logits, y)
-        self.train_acc.update(logits, y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.train_metrics.update(loss.detach(), logits.detach(), y)
+        if batch_idx % self.trainer.log_every_n_steps == 0:
+            self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        if self.trainer.is_last_batch:
+            # Logged once per epoch, at its last batch, so that every callback's
+            # on_train_epoch_end sees them; a `self.log` per step costs more than the step.
+            self.log_dict(self.train_metrics.compute_and_reset(), prog_bar=True)
         return loss
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str, accuracy: MulticlassAccuracy) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: SplitMetrics) -> None:
         x, y = batch
         logits = self(x)
-        accuracy.update(logits, y)
-        self.log(f"{split}_loss", self._loss(logits, y), prog_bar=True, sync_dist=True)
-        self.log(f"{split}_acc", accuracy, prog_bar=True)
+        metrics.update(self._loss(logits, y), logits, y)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc)
+        self._evaluate(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute_and_reset(), prog_bar=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_acc)
+        self._evaluate(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute_and_reset(), prog_bar=True)
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0]).argmax(dim=1)

@@ -266,6 +266,10 @@ class RunPictures(pl.Callback):
         self._confusion: Any = None
         self._worst = _WorstExamples(worst_count)
 
+    @property
+    def _draws_test_pictures(self) -> bool:
+        return self.confusion_matrix or self.worst_count > 0
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self.learning_curves and _run_summary(trainer) is None:
             raise RuntimeError(
@@ -301,6 +305,8 @@ class RunPictures(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if not self._draws_test_pictures:
+            return
         images, labels = batch
         # test_step returns nothing, so predict again; for MNIST this costs a fraction of a second.
         probabilities = F.softmax(pl_module(images), dim=1)
@@ -309,6 +315,8 @@ class RunPictures(pl.Callback):
             self._worst.update(images, labels, probabilities)
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._draws_test_pictures:
+            return
         matrix = self._confusion.compute().cpu()  # sums the ranks' counts under DDP: every rank calls it
         worst = self._worst.gather(pl_module) if self.worst_count and self._worst.tensors else ()
         log_dir = _log_dir(trainer)  # a broadcast under DDP: every rank must ask

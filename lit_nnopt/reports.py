@@ -129,9 +129,11 @@ def stop_reason(trainer: pl.Trainer) -> str:
     if trainer.interrupted:
         return "interrupted"
     for callback in trainer.callbacks:
+        message = getattr(callback, "stop_reason_message", None)
+        if message:
+            return f"{type(callback).__name__} at epoch {getattr(callback, 'stopped_epoch', trainer.current_epoch)}: {message}"
         if isinstance(callback, EarlyStopping) and callback.stopped_epoch:
-            reason = getattr(callback, "stop_reason_message", None) or f"{callback.monitor} stopped improving"
-            return f"early stopping at epoch {callback.stopped_epoch}: {reason}"
+            return f"early stopping at epoch {callback.stopped_epoch}: {callback.monitor} stopped improving"
     if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
         return f"max_steps ({trainer.max_steps}) reached"
     if trainer.should_stop:

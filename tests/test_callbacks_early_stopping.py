@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_nnopt.callbacks import EarlyStopping
-from tests.test_callbacks_support import ScriptedTrainer, lightning_logs, run_checks  # noqa: F401
+from tests.test_callbacks_support import ScriptedTrainer, capture_lightning_logs, run_checks
 
 
 def stopper(**kwargs) -> EarlyStopping:
@@ -56,7 +56,8 @@ def test_start_from_epoch_ignores_the_first_epochs():
     assert (unmonitored.stopped_epoch, unmonitored.best_epoch) == (2, 0)
 
 
-def test_baseline_not_beaten_within_patience_stops_even_while_improving(lightning_logs):
+def test_baseline_not_beaten_within_patience_stops_even_while_improving(monkeypatch, caplog):
+    lightning_logs = capture_lightning_logs(monkeypatch, caplog)
     callback, trainer = stopper(patience=3, baseline=0.5), ScriptedTrainer()
     run_checks(callback, trainer, [0.9, 0.8, 0.7, 0.6])
     assert (callback.stopped_epoch, callback.best_epoch) == (2, 2)
@@ -140,10 +141,14 @@ def test_state_round_trip_continues_with_the_same_decisions():
     resumed = stopper(patience=3, restore_best_weights=True)
     resumed.load_state_dict(first.state_dict())
     run_checks(resumed, ScriptedTrainer(module), values[3:], before_check=weight_script(module), first_epoch=3)
-    assert (resumed.stopped_epoch, resumed.best_epoch, resumed.wait_count) == (4, 1, 3) == (
-        whole.stopped_epoch,
-        whole.best_epoch,
-        whole.wait_count,
+    assert (
+        (resumed.stopped_epoch, resumed.best_epoch, resumed.wait_count)
+        == (4, 1, 3)
+        == (
+            whole.stopped_epoch,
+            whole.best_epoch,
+            whole.wait_count,
+        )
     )
     assert torch.equal(resumed.best_weights["weight"], whole.best_weights["weight"])
 

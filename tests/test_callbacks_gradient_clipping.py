@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_nnopt.callbacks import GradientClipping, GradientNormMonitor
 from tests.test_callbacks_support import ScriptedTrainer, quiet_trainer
-from lightning.pytorch.demos.boring_classes import BoringModel
 
 
 class Net(nn.Module):
@@ -152,6 +152,15 @@ def test_autoclip_history_window_and_state_round_trip():
     assert (resumed.steps, resumed.clipped_steps) == (4, 2)
 
 
+def test_half_precision_gradients_beyond_the_fp16_range_are_not_non_finite():
+    net = nn.Linear(2, 1, bias=False).half()
+    net.weight.grad = torch.full((1, 2), 300.0, dtype=torch.float16)  # norm 424: its square overflows fp16
+    callback = quiet(mode="norm", max_norm=1.0)
+    clip(callback, net)
+    assert callback.nonfinite_steps == 0
+    assert torch.linalg.vector_norm(net.weight.grad.float()).item() == pytest.approx(1.0, rel=1e-3)
+
+
 def test_non_finite_gradients_skip_the_step_or_raise():
     net = Net([math.inf, 1.0], [0.0])
     callback = quiet(mode="norm", max_norm=1.0)
@@ -207,7 +216,11 @@ class StepRecorder(Logger):
 def test_grad_norm_monitor_logs_at_the_loggers_cadence(tmp_path):
     recorder = StepRecorder()
     trainer = quiet_trainer(
-        tmp_path, logger=recorder, log_every_n_steps=2, max_steps=6, limit_val_batches=0,
+        tmp_path,
+        logger=recorder,
+        log_every_n_steps=2,
+        max_steps=6,
+        limit_val_batches=0,
         callbacks=[GradientNormMonitor()],
     )
     trainer.fit(BoringModel())

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_nnopt.callbacks import ReduceLROnPlateau
-from tests.test_callbacks_support import ScriptedTrainer, lightning_logs  # noqa: F401
+from tests.test_callbacks_support import ScriptedTrainer, capture_lightning_logs
 
 
 def sgd(*lrs: float) -> torch.optim.SGD:
@@ -123,7 +123,8 @@ def test_sanity_check_and_validate_do_not_count():
     assert callback.best is None
 
 
-def test_logs_each_reduction(lightning_logs):
+def test_logs_each_reduction(monkeypatch, caplog):
+    lightning_logs = capture_lightning_logs(monkeypatch, caplog)
     lrs_after_each_check(plateau(patience=1, verbose=True), [1.0, 2.0])
     assert (
         "Epoch 1: ReduceLROnPlateau reduced the lr of optimizer 0 group 0 from 1 to 0.5:"

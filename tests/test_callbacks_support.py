@@ -47,8 +47,14 @@ class ScriptedTrainer:
         self.precision_plugin = pl.plugins.Precision()
 
 
-def run_checks(callback: Callback, trainer: ScriptedTrainer, values: Sequence[float], monitor: str = "val_loss",
-               before_check=None, first_epoch: int = 0) -> int:
+def run_checks(
+    callback: Callback,
+    trainer: ScriptedTrainer,
+    values: Sequence[float],
+    monitor: str = "val_loss",
+    before_check=None,
+    first_epoch: int = 0,
+) -> int:
     """Feed ``values`` as one validation check per epoch, until the trainer is told to stop; return checks run."""
     for epoch, value in enumerate(values, start=first_epoch):
         trainer.current_epoch = epoch
@@ -69,8 +75,13 @@ class ScriptedMetricModel(BoringModel):
     without ``sync_dist`` as a careless user would.
     """
 
-    def __init__(self, script: Sequence[float], rank_offsets: Sequence[float] | None = None, lr: float = 0.1,
-                 scheduler: bool = False) -> None:
+    def __init__(
+        self,
+        script: Sequence[float],
+        rank_offsets: Sequence[float] | None = None,
+        lr: float = 0.1,
+        scheduler: bool = False,
+    ) -> None:
         super().__init__()
         self.script = list(script)
         self.rank_offsets = list(rank_offsets or [0.0] * len(script))
@@ -99,23 +110,24 @@ class ScriptedMetricModel(BoringModel):
 
 def quiet_trainer(tmp_path, **kwargs) -> pl.Trainer:
     """A CPU Trainer with a few batches, no progress bar, summary or logger, writing under ``tmp_path``."""
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=tmp_path,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=False,
-        enable_checkpointing=False,
-    )
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "default_root_dir": tmp_path,
+        "limit_train_batches": 4,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "logger": False,
+        "enable_checkpointing": False,
+    }
     return pl.Trainer(**{**defaults, **kwargs})
 
 
-@pytest.fixture
-def lightning_logs(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+def capture_lightning_logs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> pytest.LogCaptureFixture:
     """Capture what Lightning's ``rank_zero_info`` logs (Lightning's logger may not propagate to pytest's)."""
     monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
     caplog.set_level(logging.INFO, logger="lightning.pytorch")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_warmup_cosine_without_warmup_starts_at_the_peak() -> None:
     lrs = [group[0] for group in _lrs_over(scheduler, 11)]
     assert lrs[0] == pytest.approx(0.5)
     assert lrs[10] == pytest.approx(0.0)
-    assert all(later < earlier for earlier, later in zip(lrs, lrs[1:]))
+    assert all(later < earlier for earlier, later in itertools.pairwise(lrs))
 
 
 @pytest.mark.parametrize(

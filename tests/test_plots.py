@@ -165,3 +165,13 @@ def test_test_leaves_the_worst_digits(pictures_of_a_short_run):
     assert png_size(root / WORST_DIGITS_FILE) == (640, 720)  # 16 images: 4 x 4
     label_probability = pictures._worst.tensors[0]
     assert len(label_probability) == 16 and torch.all(label_probability[:-1] <= label_probability[1:])
+
+
+def test_run_pictures_do_not_predict_again_when_no_test_picture_is_asked_for():
+    def no_forward(_images):
+        raise AssertionError("predicted although no test picture is drawn")
+
+    pictures = RunPictures(confusion_matrix=False, worst_count=0)
+    batch = (torch.rand(4, 1, 28, 28), torch.arange(4))
+    pictures.on_test_batch_end(None, no_forward, None, batch, 0)
+    pictures.on_test_end(None, no_forward)  # with a trainer of None, any work would fail

@@ -15,6 +15,7 @@ from lit_nnopt import MNISTClassifier
 from lit_nnopt.loggers import CONFIG_COPY, AutoWandbLogger, has_api_key, resolve_mode
 from tests.conftest import CONFIGS, REPO, run_cli
 from tests.test_plots import png_size
+from tests.test_sweep import resolved_config
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B key, known to no server
 _W_AND_B_ENV = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_CONFIG_DIR", "WANDB_RUN_ID", "NETRC")
@@ -190,10 +191,8 @@ def test_watch_is_called_once_with_the_configured_arguments(monkeypatch, tmp_pat
 
 
 def test_watch_is_off_by_default_and_settable_from_the_command_line():
-    result = run_cli("fit", "--config", str(CONFIGS / "adam.yaml"), "--trainer.logger.watch", "gradients",
-                     "--print_config")
-    assert result.returncode == 0, result.stderr[-2000:]
-    logger = yaml.safe_load(result.stdout)["trainer"]["logger"]
+    config = resolved_config(["fit", "--config", str(CONFIGS / "adam.yaml"), "--trainer.logger.watch", "gradients"])
+    logger = config["trainer"]["logger"]
     assert logger["class_path"] == "lit_nnopt.loggers.AutoWandbLogger"
     assert logger["init_args"]["watch"] == "gradients"
     assert AutoWandbLogger().watch_log is None
@@ -295,7 +294,8 @@ def test_an_unreachable_server_falls_back_to_offline_without_hanging(no_credenti
         "logger.experiment.finish()\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script, str(tmp_path)], check=False, cwd=REPO, capture_output=True, text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     mode, wandb_mode, reason = result.stdout.strip().splitlines()[-1].split("|")

@@ -16,7 +16,21 @@ from torch.optim import lr_scheduler as schedulers
 
 # Words in a metric name that tell its direction, for ``mode="auto"``.
 _LOWER_IS_BETTER = {"loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "wer", "cer"}
-_HIGHER_IS_BETTER = {"acc", "accuracy", "auc", "auroc", "f1", "precision", "recall", "iou", "dice", "map", "r2", "top1", "top5"}
+_HIGHER_IS_BETTER = {
+    "acc",
+    "accuracy",
+    "auc",
+    "auroc",
+    "f1",
+    "precision",
+    "recall",
+    "iou",
+    "dice",
+    "map",
+    "r2",
+    "top1",
+    "top5",
+}
 
 # Schedulers that set the lr from fields other than ``base_lrs`` and the current lr, so scaling
 # ``base_lrs`` would not carry an lr change over to the next scheduler step.

@@ -45,7 +45,9 @@ class GradientNormMonitor(Callback):
         self.norm_type = float(norm_type)
         self.per_layer = per_layer
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
         every = trainer.log_every_n_steps if self.every_n_steps is None else self.every_n_steps
         # `+ 1`: Lightning writes step metrics when (steps done + 1) is a multiple of log_every_n_steps.
         if not every or (trainer.global_step + 1) % every:

@@ -41,15 +41,17 @@ _NORM_EPS = 1e-6
 
 def total_norm(tensors: list[Tensor]) -> Tensor:
     """The L2 norm of all ``tensors`` taken together, as if they were one vector."""
-    norms = [torch.linalg.vector_norm(tensor, dtype=torch.float32) for tensor in tensors]
+    # At least float32: a half-precision norm overflows at 65504 and would read as non-finite.
+    norms = [torch.linalg.vector_norm(t, dtype=torch.promote_types(t.dtype, torch.float32)) for t in tensors]
     return torch.linalg.vector_norm(torch.stack([norm.to(norms[0].device) for norm in norms]))
 
 
 def unitwise_norm(tensor: Tensor) -> Tensor:
     """AGC's norm of each output unit: over all dimensions but the first; whole biases and gains."""
+    dtype = torch.promote_types(tensor.dtype, torch.float32)
     if tensor.ndim <= 1:
-        return torch.linalg.vector_norm(tensor)
-    return torch.linalg.vector_norm(tensor, dim=tuple(range(1, tensor.ndim)), keepdim=True)
+        return torch.linalg.vector_norm(tensor, dtype=dtype)
+    return torch.linalg.vector_norm(tensor, dim=tuple(range(1, tensor.ndim)), keepdim=True, dtype=dtype)
 
 
 class _NormHistory:
@@ -208,10 +210,12 @@ class GradientClipping(Callback):
             raise MisconfigurationException(
                 f"GradientClipping: `agc_exclude` patterns {unmatched} match no parameter of"
                 f" {type(pl_module).__name__}, whose parameters are named like {names[:4]}. Fix the patterns"
-                " (fnmatch syntax: `net.layers.4.*`)."
+                f" (fnmatch syntax: `{names[0].rpartition('.')[0]}.*` names the first layer's parameters)."
             )
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
         _check_unscaled(trainer, optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
@@ -226,11 +230,17 @@ class GradientClipping(Callback):
         self.clipped_steps += int(clipped)
         if self.log_norms:
             pl_module.log("grad_clip/norm_before", before, on_step=True, on_epoch=False, batch_size=1)
-            pl_module.log("grad_clip/norm_after", total_norm(grads), on_step=True, on_epoch=False, batch_size=1)
+            after = total_norm(grads) if clipped else before
+            pl_module.log("grad_clip/norm_after", after, on_step=True, on_epoch=False, batch_size=1)
             pl_module.log("grad_clip/clipped", float(clipped), on_step=False, on_epoch=True, batch_size=1)
 
     def _clip(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer, params: list[Tensor], norm: Tensor
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        optimizer: Optimizer,
+        params: list[Tensor],
+        norm: Tensor,
     ) -> bool:
         """Clip the gradients of ``params`` in place; whether anything was clipped."""
         grads = [p.grad for p in params]
@@ -271,7 +281,9 @@ class GradientClipping(Callback):
         history.add(norm.item())
         return history.percentile(self.autoclip_percentile)
 
-    def _skip_or_raise(self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: list[Tensor], norm: Tensor) -> None:
+    def _skip_or_raise(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: list[Tensor], norm: Tensor
+    ) -> None:
         self.nonfinite_steps += 1
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if self.on_nonfinite == "raise" and scaler is None:
@@ -284,7 +296,9 @@ class GradientClipping(Callback):
         for param in params:
             param.grad = None
         if self.log_norms:
-            pl_module.log("grad_clip/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False, batch_size=1)
+            pl_module.log(
+                "grad_clip/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False, batch_size=1
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -299,7 +313,9 @@ class GradientClipping(Callback):
         self.clipped_steps = state_dict.get("clipped_steps", 0)
         self.nonfinite_steps = state_dict.get("nonfinite_steps", 0)
         histories = state_dict.get("autoclip_histories", {})
-        self._histories = {int(index): _NormHistory(self.autoclip_history, values) for index, values in histories.items()}
+        self._histories = {
+            int(index): _NormHistory(self.autoclip_history, values) for index, values in histories.items()
+        }
 
 
 def _scale_to_norm(grads: list[Tensor], norm: Tensor, max_norm: float) -> bool:

@@ -94,6 +94,7 @@ class NaNGuard(Callback):
         self.last_good_checkpoint_path: str | None = None
         self._bad = False
         self._skipped = False
+        self._bad_step = 0
         self._snapshot: dict[str, Any] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -103,8 +104,10 @@ class NaNGuard(Callback):
         self._bad = self._skipped = False
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        self._bad = trainer.strategy.reduce_boolean_decision(bad, all=False) or self._bad
+        bad = trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss.detach()).all()), all=False)
+        if bad and not self._bad:
+            self._bad_step = trainer.global_step
+        self._bad = self._bad or bad
         if self._bad:
             return
         self.retries_in_a_row = 0
@@ -116,7 +119,9 @@ class NaNGuard(Callback):
                 "optimizers": [_clone(optimizer.state_dict()["state"]) for optimizer in trainer.optimizers],
             }
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
         if not self._bad:
             return
         for group in optimizer.param_groups:
@@ -132,7 +137,7 @@ class NaNGuard(Callback):
         self._bad = self._skipped = False
         self.skipped_steps += 1
         self.retries_in_a_row += 1
-        where = f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
+        where = f"step {self._bad_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
         if self.action == "stop" or self.retries_in_a_row > self.max_retries:
             self._stop(trainer, pl_module, where)
         else:
