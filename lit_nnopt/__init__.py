@@ -8,6 +8,13 @@ from lit_nnopt.plots import RunPictures
 from lit_nnopt.reports import RunSummary
 
 __all__ = [
-    "AutoWandbLogger", "BatchLoader", "CNN", "MLP", "MNISTClassifier", "MNISTDataModule", "RunPictures", "RunSummary",
+    "CNN",
+    "MLP",
+    "AutoWandbLogger",
+    "BatchLoader",
+    "MNISTClassifier",
+    "MNISTDataModule",
+    "RunPictures",
+    "RunSummary",
 ]
 __version__ = "0.1.0"

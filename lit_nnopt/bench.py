@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import statistics
 import subprocess
@@ -59,7 +60,7 @@ def run_reference(data_dir: str, epochs: int) -> list[float]:
             correct = sum((net(x).argmax(1) == y).sum() for x, y in zip(val_x.split(64), val_y.split(64)))
         print(f"val_acc {correct.item() / len(val_y):.4f}", file=sys.stderr)
         stamps.append(time.perf_counter())
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def run_lit_nnopt(data_dir: str, epochs: int) -> list[float]:
@@ -77,7 +78,7 @@ def run_lit_nnopt(data_dir: str, epochs: int) -> list[float]:
         )
         history = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "RunSummary").history
     stamps = [0.0] + [row["elapsed_seconds"] for row in history]
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def run_usual(data_dir: str, epochs: int) -> list[float]:
@@ -128,12 +129,12 @@ def run_usual(data_dir: str, epochs: int) -> list[float]:
         clock = EpochClock()
         trainer = pl.Trainer(max_epochs=epochs, default_root_dir=root, callbacks=[clock], num_sanity_val_steps=0)
         trainer.fit(Classifier(), DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=64))
-    return [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+    return [b - a for a, b in itertools.pairwise(clock.stamps)]
 
 
 def _run_in_subprocess(runner: str, data_dir: str, epochs: int) -> list[float]:
     command = [sys.executable, "-m", "lit_nnopt.bench", "--data-dir", data_dir, "--epochs", str(epochs), "--only", runner]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{runner} failed:\n{result.stderr[-3000:]}")
     (line,) = [line for line in result.stdout.splitlines() if line.startswith(_RESULT)]

@@ -230,7 +230,7 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def split_indices(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(validation, training) indices into the training file."""
-        val_count = int(round(count * self.val_split))
+        val_count = round(count * self.val_split)
         if self.val_split_mode == "last":
             return torch.arange(count - val_count, count), torch.arange(count - val_count)
         order = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed))

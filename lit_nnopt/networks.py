@@ -52,10 +52,10 @@ class MLP(nn.Module):
             raise ValueError(f"`init` can be pytorch, keras, got {init!r}.")
         if l2 < 0:
             raise ValueError(f"`l2` must be >= 0, got {l2}.")
-        self.init_args = dict(
-            hidden_sizes=list(hidden_sizes), activation=activation, dropout=dropout,
-            batch_norm=batch_norm, init=init, l2=l2, num_classes=num_classes,
-        )
+        self.init_args = {
+            "hidden_sizes": list(hidden_sizes), "activation": activation, "dropout": dropout,
+            "batch_norm": batch_norm, "init": init, "l2": l2, "num_classes": num_classes,
+        }
         layers: list[nn.Module] = [nn.Flatten()]
         self.regularized: list[nn.Parameter] = []
         width = 28 * 28
@@ -107,7 +107,7 @@ class CNN(nn.Module):
             raise ValueError(f"`channels` needs two values (one per block), got {channels}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must lie in [0, 1), got {dropout}.")
-        self.init_args = dict(channels=list(channels), hidden=hidden, dropout=dropout, num_classes=num_classes)
+        self.init_args = {"channels": list(channels), "hidden": hidden, "dropout": dropout, "num_classes": num_classes}
         blocks: list[nn.Module] = []
         width = 1
         for out in channels:
