@@ -16,6 +16,7 @@ import argparse
 import gzip
 import itertools
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 
 RUNNERS = ("reference", "lit_nnopt", "usual")
-_RESULT = "epoch seconds: "  # marks the line a runner process reports on; others may print too
+_RESULT = "runner result: "  # marks the line a runner process reports on; others may print too
+_EXTRA: dict[str, float] = {}  # what a runner measures besides epoch times
 
 
 def _mlp():
@@ -64,19 +66,30 @@ def run_reference(data_dir: str, epochs: int) -> list[float]:
 
 
 def run_lit_nnopt(data_dir: str, epochs: int) -> list[float]:
-    """``python -m lit_nnopt fit`` with its defaults: progress bar, checkpoints, logging, summary."""
-    from lit_nnopt.cli import LitNNOptCLI
+    """``python -m lit_nnopt fit --config configs/adam.yaml`` with its defaults: progress bar, checkpoints, logging."""
+    import lightning.pytorch as pl
 
+    from lit_nnopt.cli import LitNNOptCLI
+    from lit_nnopt.reports import RunSummary
+
+    class FirstStepClock(pl.Callback):
+        at = 0.0
+
+        def on_train_batch_start(self, *args: object) -> None:
+            self.at = self.at or time.time()
+
+    clock = FirstStepClock()
     with tempfile.TemporaryDirectory() as root:
         cli = LitNNOptCLI(
             args=[
-                "fit", "--data.data_dir", data_dir, "--trainer.max_epochs", str(epochs),
-                "--trainer.default_root_dir", root, "--trainer.num_sanity_val_steps", "0",
-                "--model.net", "lit_nnopt.MLP", "--model.net.dropout", "0.2",
-                "--optimizer", "torch.optim.Adam", "--optimizer.lr", "0.001",
-            ]
+                "fit", "--config", str(Path(__file__).parents[1] / "configs" / "adam.yaml"),
+                "--data.data_dir", data_dir, "--trainer.max_epochs", str(epochs),
+                "--trainer.default_root_dir", root,
+            ],
+            trainer_defaults={"callbacks": [clock]},
         )
-        history = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "RunSummary").history
+        history = next(cb for cb in cli.trainer.callbacks if isinstance(cb, RunSummary)).history
+    _EXTRA["first_step_at"] = clock.at
     stamps = [0.0] + [row["elapsed_seconds"] for row in history]
     return [b - a for a, b in itertools.pairwise(stamps)]
 
@@ -132,13 +145,17 @@ def run_usual(data_dir: str, epochs: int) -> list[float]:
     return [b - a for a, b in itertools.pairwise(clock.stamps)]
 
 
-def _run_in_subprocess(runner: str, data_dir: str, epochs: int) -> list[float]:
+def _run_in_subprocess(runner: str, data_dir: str, epochs: int) -> dict:
     command = [sys.executable, "-m", "lit_nnopt.bench", "--data-dir", data_dir, "--epochs", str(epochs), "--only", runner]
+    launched_at = time.time()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{runner} failed:\n{result.stderr[-3000:]}")
     (line,) = [line for line in result.stdout.splitlines() if line.startswith(_RESULT)]
-    return json.loads(line[len(_RESULT) :])
+    report = json.loads(line[len(_RESULT) :])
+    if "first_step_at" in report:
+        report["seconds_to_first_step"] = report.pop("first_step_at") - launched_at
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         epoch_seconds = {"reference": run_reference, "lit_nnopt": run_lit_nnopt, "usual": run_usual}[args.only](
             args.data_dir, args.epochs
         )
-        print(_RESULT + json.dumps(epoch_seconds))
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(_RESULT + json.dumps({"epoch_seconds": epoch_seconds, "peak_rss_mb": peak_rss_mb, **_EXTRA}))
         return
 
     from rich.console import Console
@@ -161,22 +179,38 @@ def main(argv: list[str] | None = None) -> None:
     from rich.table import Table
 
     runners = [r for r in RUNNERS if not (args.skip_usual and r == "usual")]
-    measured: dict[str, list[float]] = {runner: [] for runner in runners}
+    reports: dict[str, list[dict]] = {runner: [] for runner in runners}
     with Progress() as progress:
         task = progress.add_task("benchmark", total=args.repeats * len(runners))
         for _ in range(args.repeats):
             for runner in runners:
-                progress.update(task, description=f"{runner}")
-                measured[runner] += _run_in_subprocess(runner, args.data_dir, args.epochs)[1:]
+                progress.update(task, description=runner)
+                reports[runner].append(_run_in_subprocess(runner, args.data_dir, args.epochs))
                 progress.advance(task)
-    reference = statistics.median(measured["reference"])
-    table = Table(title=f"seconds per epoch (median of {args.repeats} x {args.epochs - 1} epochs)")
-    for column in ("run", "s/epoch", "ratio to reference"):
+    medians = {
+        runner: statistics.median(t for report in reports[runner] for t in report["epoch_seconds"][1:])
+        for runner in runners
+    }
+    table = Table(title=f"seconds per epoch, median of {args.repeats} runs x {args.epochs - 1} epochs")
+    for column in ("run", "s/epoch", "ratio to reference", "peak RSS (MB)"):
         table.add_column(column, justify="right")
     for runner in runners:
-        median = statistics.median(measured[runner])
-        table.add_row(runner, f"{median:.3f}", f"{median / reference:.2f}")
-    Console().print(table)
+        peak = max(report["peak_rss_mb"] for report in reports[runner])
+        table.add_row(runner, f"{medians[runner]:.3f}", f"{medians[runner] / medians['reference']:.2f}", f"{peak:.0f}")
+    console = Console()
+    console.print(table)
+    to_first_step = statistics.median(report["seconds_to_first_step"] for report in reports["lit_nnopt"])
+    console.print(f"lit_nnopt: {to_first_step:.1f} s from process start to the first training step (median)")
+    console.print(f"`python -m lit_nnopt --help`: {_help_seconds():.1f} s (median of 3)")
+
+
+def _help_seconds() -> float:
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "lit_nnopt", "--help"], capture_output=True, check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def test_loss_includes_the_regularization_penalty():
 def test_default_optimizer_is_adam():
     optimizer = MNISTClassifier().configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-3
+    assert optimizer.defaults["fused"], "fused by default where torch has it"
 
 
 def test_any_torch_optimizer_is_injected_with_its_arguments():
@@ -99,3 +100,11 @@ def test_python_built_checkpoint_keeps_primitive_hparams_and_loads(tmp_path):
     }
     restored = MNISTClassifier.load_from_checkpoint(path)
     assert torch.equal(restored.net.layers[1].weight, model.net.layers[1].weight)
+
+
+def test_fused_is_left_alone_when_the_config_chooses():
+    model = MNISTClassifier(optimizer={"class_path": "torch.optim.Adam", "init_args": {"foreach": True}})
+    optimizer = model.configure_optimizers()
+    assert optimizer.defaults["foreach"] and not optimizer.defaults["fused"]
+    rmsprop = MNISTClassifier(optimizer={"class_path": "torch.optim.RMSprop", "init_args": {"lr": 0.01}})
+    assert "fused" not in rmsprop.configure_optimizers().defaults
