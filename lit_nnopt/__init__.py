@@ -6,6 +6,7 @@ from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.networks import CNN, MLP
 from lit_nnopt.plots import RunPictures
 from lit_nnopt.reports import RunSummary
+from lit_nnopt.resilience import AtomicCheckpointIO
 
 __all__ = [
     "CNN",

@@ -22,7 +22,6 @@ from lightning.pytorch.callbacks import (
     ModelSummary,
     ProgressBar,
     RichModelSummary,
-    RichProgressBar,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
@@ -31,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_nnopt.data import MNISTDataModule
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.plots import RunPictures
+from lit_nnopt.progress import CheapRichProgressBar
 from lit_nnopt.reports import RunSummary
 from lit_nnopt.resilience import (
     AtomicCheckpointIO,
@@ -39,9 +39,12 @@ from lit_nnopt.resilience import (
     InterruptCheckpoint,
     check_checkpoint,
     check_config_file,
+    check_hyperparameters,
     check_writable,
     config_files,
+    describe_model_override,
     find_resumable_checkpoint,
+    load_checkpoint_to_check,
     resume_command,
 )
 
@@ -53,11 +56,11 @@ EXTRA_COMMANDS = {
 
 
 def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
-    """Progress bar, model summary, LR monitor, run summary, pictures and interrupt checkpoint, unless the config has its own."""
+    """Progress bar, model summary, LR monitor, run summary, pictures, interrupt checkpoint; each unless given."""
     given = list(trainer_config.get("callbacks") or [])
     defaults: list[Callback] = []
     if trainer_config.get("enable_progress_bar", True) is not False and not _has(given, ProgressBar):
-        defaults.append(RichProgressBar(refresh_rate=_progress_refresh_rate()))
+        defaults.append(CheapRichProgressBar(refresh_rate=_progress_refresh_rate()))
     if trainer_config.get("enable_model_summary", True) is not False and not _has(given, ModelSummary):
         defaults.append(RichModelSummary(max_depth=2))
     if trainer_config.get("logger", True) not in (False, None) and not _has(given, LearningRateMonitor):
@@ -115,6 +118,20 @@ class LitNNOptCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI next loads `--ckpt_path` to build the model from its hyperparameters:
+        # a file that is not a checkpoint of this model must be refused before, and clearly.
+        config = self.config.get(str(self.config.get("subcommand")), self.config)
+        ckpt_path = config.get("ckpt_path")
+        checkpoint = load_checkpoint_to_check(str(ckpt_path), config.get("weights_only")) if ckpt_path else None
+        if checkpoint is not None:
+            check_hyperparameters(str(ckpt_path), checkpoint, self.model_class)
+            net = config.get("model", {}).get("net")
+            note = describe_model_override(checkpoint, net.as_dict() if hasattr(net, "as_dict") else net)
+            if note:
+                sys.stderr.write(f"lit_nnopt: {note}.\n")
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
         optimizer = config.get("optimizer")
@@ -134,7 +151,8 @@ class LitNNOptCLI(LightningCLI):
         logger ``id``, ``checkpoint.dirpath``, or another logger).
         """
         logger = config.get("trainer", {}).get("logger")
-        if config.get("ckpt_path") != "last" or config.get("checkpoint", {}).get("dirpath") or not _is_auto_wandb(logger):
+        fixed_folder = config.get("checkpoint", {}).get("dirpath")
+        if config.get("ckpt_path") != "last" or fixed_folder or not _is_auto_wandb(logger):
             return
         init_args = logger.get("init_args") or {}
         if init_args.get("id") or os.environ.get("WANDB_RUN_ID"):
@@ -149,7 +167,8 @@ class LitNNOptCLI(LightningCLI):
             )
         if found is None:
             sys.stderr.write(
-                f"lit_nnopt: --ckpt_path last: no run of this config under {project_dir} to resume; starting a new run.\n"
+                f"lit_nnopt: --ckpt_path last: no run of this config under {project_dir} to resume; "
+                "starting a new run.\n"
             )
             config.ckpt_path = None
             return

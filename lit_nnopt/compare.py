@@ -117,33 +117,12 @@ def _newest_summary(folder: Path, since: float) -> dict[str, Any] | None:
     return json.loads(max(found, key=lambda path: path.stat().st_mtime).read_text())
 
 
-def _has_one_logger(config: Path, overrides: list[str]) -> bool:
-    """Whether the run has a single logger (the default, or one set by the overrides or the config)."""
-    import yaml
-
-    setting: Any = True
-    try:
-        loaded = yaml.safe_load(config.read_text())
-    except yaml.YAMLError:
-        loaded = None  # `fit` reports the broken file in the config's row
-    trainer = (loaded or {}).get("trainer") if isinstance(loaded, dict) else None
-    if isinstance(trainer, dict) and "logger" in trainer:
-        setting = trainer["logger"]
-    for index, arg in enumerate(overrides):
-        if arg == "--trainer.logger" and index + 1 < len(overrides):
-            setting = yaml.safe_load(overrides[index + 1])
-        elif arg.startswith("--trainer.logger="):
-            setting = yaml.safe_load(arg.partition("=")[2])
-    return setting not in (False, None) and not isinstance(setting, list)
-
-
 def run_config(name: str, config: Path, overrides: list[str], folder: Path) -> Run:
     """Fit ``config`` and test its best checkpoint, both under ``folder``; failures go into ``Run.error``."""
     run = Run(config=name, path=str(config))
     started = time.time()
+    # The CLI links the logger's save_dir to default_root_dir: the run's folder, summary.json included, lands there.
     placement = ["--trainer.default_root_dir", str(folder / "fit")]
-    if _has_one_logger(config, overrides):  # a logger keeps its own folder (save_dir), which holds summary.json
-        placement += ["--trainer.logger.save_dir", str(folder / "fit")]
     code, message = _lit_nnopt(["fit", "--config", str(config), *overrides, *placement], folder / "fit.log")
     summary = _newest_summary(folder / "fit", started)
     if summary is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +42,9 @@ class BatchLoader:
         seed: seed of the permutations.
         rank, world_size: this process' place among the DDP processes.
         mean, std: inputs are ``(pixel / 255 - mean) / std``.
+        current_epoch: the trainer's epoch counter. When given, an epoch starts from that
+            epoch's first batch unless the loader was restored mid-way through that very epoch
+            (an epoch cut short by ``limit_train_batches`` is not resumed in the next one).
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class BatchLoader:
         world_size: int = 1,
         mean: float = 0.0,
         std: float = 1.0,
+        current_epoch: Callable[[], int] | None = None,
     ) -> None:
         self.images = images
         self.labels = labels
@@ -62,6 +67,7 @@ class BatchLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.current_epoch = current_epoch
         self.scale = 1.0 / (255.0 * std)
         self.shift = mean / std
         self._next_epoch = 0
@@ -89,6 +95,8 @@ class BatchLoader:
         return order[self.rank :: self.world_size].to(self.labels.device)
 
     def __iter__(self):
+        if self.current_epoch is not None and self.current_epoch() != self._next_epoch:
+            self._next_epoch, self._resume_batch = self.current_epoch(), 0
         epoch, first = self._next_epoch, self._resume_batch
         self._next_epoch, self._resume_batch = epoch + 1, 0
         order = self.indices(epoch)
@@ -260,6 +268,7 @@ class MNISTDataModule(pl.LightningDataModule):
             loader = BatchLoader(
                 images, labels, self.batch_size, shuffle=split == "train", seed=self.seed,
                 rank=rank, world_size=world_size, mean=self._mean, std=self._std,
+                current_epoch=(lambda: trainer.current_epoch) if trainer and split == "train" else None,
             )
             self._loaders[split] = loader
         return loader

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_nnopt.compare import DEFAULT_OUT, Run, _has_one_logger, parse_args, plot, run_names, write_markdown
+from lit_nnopt.compare import DEFAULT_OUT, Run, parse_args, plot, run_names, write_markdown
 from tests.conftest import CONFIGS, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -99,21 +99,3 @@ def test_compare_two_configs_and_a_broken_one(mnist_dir: Path, tmp_path: Path) -
     assert [line.split(" | ")[0] for line in table[1:]] == ["| sgd", "| broken", "| tutorial"]
     assert "[3/3] tutorial: test_acc" in result.stderr
 
-
-@pytest.mark.parametrize(
-    ("config_text", "overrides", "expected"),
-    [
-        ("trainer:\n  max_epochs: 1\n", [], True),  # the CLI's default logger
-        ("trainer:\n  logger: false\n", [], False),
-        ("trainer:\n  logger: false\n", ["--trainer.logger", "true"], True),
-        ("seed_everything: 1\n", ["--trainer.logger=false"], False),
-        ("trainer:\n  logger:\n    - class_path: a.B\n    - class_path: c.D\n", [], False),
-        ("trainer: [unclosed\n", [], True),  # left to `fit` to report
-    ],
-)
-def test_save_dir_is_set_only_for_a_single_logger(
-    config_text: str, overrides: list[str], expected: bool, tmp_path: Path
-) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text(config_text)
-    assert _has_one_logger(config, overrides) is expected

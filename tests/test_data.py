@@ -156,3 +156,16 @@ def test_batch_larger_than_a_split_is_refused(mnist_dir):
     data = MNISTDataModule(str(mnist_dir), batch_size=20000)
     with pytest.raises(DataError, match="larger than the val split"):
         data.setup("fit")
+
+
+def test_an_epoch_cut_short_is_not_resumed_in_the_next_one():
+    epoch = {"now": 0}
+    loader = _loader(current_epoch=lambda: epoch["now"])
+    iterator = iter(loader)
+    [next(iterator) for _ in range(3)]  # limit_train_batches=3
+    state = loader.state_dict()
+    resumed = _loader(current_epoch=lambda: epoch["now"])
+    resumed.load_state_dict(state)
+    epoch["now"] = 1
+    assert _served(resumed) == _served(_loader(current_epoch=lambda: 1))
+    assert len(_served(_loader(current_epoch=lambda: 1))) == 103

@@ -15,11 +15,13 @@ from lit_nnopt.callbacks.grad_norm import GradientNormMonitor
 from lit_nnopt.callbacks.gradient_clipping import GradientClipping
 from lit_nnopt.callbacks.nan_guard import NaNGuard
 from lit_nnopt.callbacks.plateau import ReduceLROnPlateau
+from lit_nnopt.resilience import InterruptCheckpoint
 
 __all__ = [
     "EarlyStopping",
     "GradientClipping",
     "GradientNormMonitor",
+    "InterruptCheckpoint",
     "LearningRateMonitor",
     "NaNGuard",
     "ReduceLROnPlateau",
