@@ -11,6 +11,7 @@ from lit_nnopt.resilience import AtomicCheckpointIO
 __all__ = [
     "CNN",
     "MLP",
+    "AtomicCheckpointIO",
     "AutoWandbLogger",
     "BatchLoader",
     "MNISTClassifier",
