@@ -124,7 +124,9 @@ class MNISTDataModule(pl.LightningDataModule):
         data_dir: a torchvision root (``<data_dir>/MNIST/raw/``) or a folder holding the four
             IDX files directly, each raw or ``.gz``. Defaults to ``$LIT_NNOPT_DATA_DIR``, else
             ``./data``.
-        batch_size: samples per batch and per device.
+        batch_size: training samples per batch and per device.
+        eval_batch_size: validation, test and prediction samples per batch and per device.
+            Larger batches only evaluate faster: the metrics are the same.
         val_split: fraction of the 60,000 training images held out for validation.
         val_split_mode: ``random`` (a seeded random subset) or ``last`` (the last fraction of
             the training set, as Keras' ``validation_split`` takes it).
@@ -139,6 +141,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self,
         data_dir: str | None = None,
         batch_size: int = 64,
+        eval_batch_size: int = 1000,
         val_split: float = 0.2,
         val_split_mode: Literal["random", "last"] = "random",
         download: bool = True,
@@ -153,10 +156,12 @@ class MNISTDataModule(pl.LightningDataModule):
             raise ValueError(f"`val_split_mode` can be random, last, got {val_split_mode!r}.")
         if not 0.0 < val_split < 1.0:
             raise ValueError(f"`val_split` must lie strictly between 0 and 1, got {val_split}.")
-        if batch_size <= 0:
-            raise ValueError(f"`batch_size` must be a positive number of samples, got {batch_size}.")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value <= 0:
+                raise ValueError(f"`{name}` must be a positive number of samples, got {value}.")
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir())
         self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
         self.val_split = val_split
         self.val_split_mode = val_split_mode
         self.download = download
@@ -248,10 +253,11 @@ class MNISTDataModule(pl.LightningDataModule):
         if not self._splits:
             self._read_splits()
         for split in ("train", "val", "test"):
-            if self.batch_size > len(self._splits[split][1]):
+            name, size = ("batch_size", self.batch_size) if split == "train" else ("eval_batch_size", self.eval_batch_size)
+            if size > len(self._splits[split][1]):
                 raise DataError(
-                    f"`batch_size` {self.batch_size} is larger than the {split} split "
-                    f"({len(self._splits[split][1])} samples); choose a smaller `--data.batch_size`."
+                    f"`{name}` {size} is larger than the {split} split "
+                    f"({len(self._splits[split][1])} samples); choose a smaller `--data.{name}`."
                 )
 
     # -- loaders -----------------------------------------------------------------------
@@ -266,7 +272,8 @@ class MNISTDataModule(pl.LightningDataModule):
             if device.type == "cuda":  # MNIST is 47 MB: keep it on the GPU, no copy per batch
                 images, labels = images.to(device), labels.to(device)
             loader = BatchLoader(
-                images, labels, self.batch_size, shuffle=split == "train", seed=self.seed,
+                images, labels, self.batch_size if split == "train" else self.eval_batch_size,
+                shuffle=split == "train", seed=self.seed,
                 rank=rank, world_size=world_size, mean=self._mean, std=self._std,
                 current_epoch=(lambda: trainer.current_epoch) if trainer and split == "train" else None,
             )

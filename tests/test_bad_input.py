@@ -80,11 +80,11 @@ def test_batch_size_not_positive(capfd, tmp_path, batch_size):
     assert f"`batch_size` must be a positive number of samples, got {batch_size}" in stderr
 
 
-def test_batch_size_larger_than_the_validation_split(capfd, tmp_path, mnist_dir):
-    code, stderr = _fit(capfd, tmp_path, "--data.data_dir", str(mnist_dir), "--data.batch_size", "5000",
+def test_eval_batch_size_larger_than_the_validation_split(capfd, tmp_path, mnist_dir):
+    code, stderr = _fit(capfd, tmp_path, "--data.data_dir", str(mnist_dir), "--data.eval_batch_size", "5000",
                         "--data.val_split", "0.05")
     assert code == 1
-    assert "`batch_size` 5000 is larger than the val split (3000 samples)" in stderr
+    assert "`eval_batch_size` 5000 is larger than the val split (3000 samples)" in stderr
     assert "Epoch 0" not in capfd.readouterr().out
 
 

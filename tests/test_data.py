@@ -99,8 +99,8 @@ def test_real_mnist_loads_from_gz_in_torchvision_layout(mnist_dir):
     images, labels = next(iter(data.train_dataloader()))
     assert images.shape == (64, 1, 28, 28) and labels.shape == (64,)
     assert 0.0 <= images.min() and images.max() <= 1.0
-    assert len(data.val_dataloader()) == 12000 // 64 + 1
-    assert len(data.test_dataloader()) == 10000 // 64 + 1
+    assert len(data.val_dataloader()) == 12  # eval_batch_size 1000
+    assert len(data.test_dataloader()) == 10
 
 
 def test_flat_folder_with_raw_files_works(mnist_dir, tmp_path):
@@ -143,6 +143,7 @@ def test_data_dir_defaults_to_the_environment(monkeypatch, tmp_path):
         ({"val_split": 0.0}, "val_split"),
         ({"val_split": 1.0}, "val_split"),
         ({"batch_size": 0}, "batch_size"),
+        ({"eval_batch_size": -1}, "eval_batch_size"),
         ({"dataset": "cifar"}, "mnist, fashion_mnist"),
         ({"val_split_mode": "first"}, "random, last"),
     ],
@@ -152,9 +153,14 @@ def test_bad_arguments_are_refused(kwargs, message):
         MNISTDataModule(**kwargs)
 
 
-def test_batch_larger_than_a_split_is_refused(mnist_dir):
-    data = MNISTDataModule(str(mnist_dir), batch_size=20000)
-    with pytest.raises(DataError, match="larger than the val split"):
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"batch_size": 50000}, "`batch_size` 50000 is larger than the train split"),
+     ({"eval_batch_size": 11000}, "`eval_batch_size` 11000 is larger than the test split")],
+)
+def test_batch_larger_than_a_split_is_refused(mnist_dir, kwargs, message):
+    data = MNISTDataModule(str(mnist_dir), **kwargs)
+    with pytest.raises(DataError, match=message):
         data.setup("fit")
 
 
