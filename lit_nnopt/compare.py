@@ -177,7 +177,8 @@ def machine() -> str:
     import lightning
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
+    cpu = f"{_cpu_name()}, {os.cpu_count()} cores"
+    device = f"{torch.cuda.get_device_name(0)}, {cpu}" if torch.cuda.is_available() else cpu
     threads = os.environ.get("OMP_NUM_THREADS")
     return (
         f"{platform.machine()} {platform.system()}, {device}"
@@ -186,7 +187,17 @@ def machine() -> str:
     )
 
 
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return platform.processor() or "CPU"
+    names = [line.partition(":")[2].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else "CPU"
+
+
 def write_markdown(runs: list[Run], path: Path, command: str) -> None:
+    """The table as Markdown, with the command and the machine that produced it."""
     header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     rule = "|" + "|".join("---" if key in ("config", "stop_reason") else "--:" for key, _ in COLUMNS) + "|"
     rows = ["| " + " | ".join(_cell(run, key).replace("|", "\\|") for key, _ in COLUMNS) + " |" for run in runs]
@@ -216,37 +227,48 @@ def write_markdown(runs: list[Run], path: Path, command: str) -> None:
 
 
 def plot(runs: list[Run], path: Path) -> None:
-    """Validation accuracy and loss per epoch, one line per config, side by side."""
+    """Validation accuracy and loss per epoch, one line per config, side by side, one legend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    figure = Figure(figsize=(13, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     accuracy, loss = figure.subplots(1, 2)
-    for run in runs:
+    for index, run in enumerate(runs):
+        # Ten colours, then the same ten dashed, and so on: every run stays distinguishable.
+        style = {"color": f"C{index % 10}", "linestyle": ("-", "--", "-.", ":")[index // 10 % 4]}
         for axes, metric in ((accuracy, "val_acc"), (loss, "val_loss")):
             points = [(row["epoch"], row[metric]) for row in run.history if row.get(metric) is not None]
             if points:
-                axes.plot(*zip(*points), "-o", markersize=3, label=run.config)
+                axes.plot(*zip(*points), marker="o", markersize=3, label=run.config, **style)
     for axes, title in ((accuracy, "validation accuracy"), (loss, "validation loss")):
         axes.set_title(title)
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend()
+    handles, labels = accuracy.get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right upper")
     figure.savefig(path, dpi=110)
 
 
 def print_table(runs: list[Run]) -> None:
+    """The table on the terminal, failed configs in red."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="lit_nnopt compare")
     for key, title in COLUMNS:
-        table.add_column(title, justify="left" if key in ("config", "stop_reason") else "right")
+        if key == "stop_reason":  # often long, an error message at times: it gets the room that is left
+            table.add_column(title, ratio=1, overflow="fold")
+        elif key == "config":
+            table.add_column(title, overflow="fold")
+        else:
+            table.add_column(title.replace(" ", "\n"), justify="right", no_wrap=True)
     for run in runs:
-        table.add_row(*(_cell(run, key) for key, _ in COLUMNS), style="red" if run.error else None)
+        # Text, not markup: an error message or a path may hold "[...]".
+        table.add_row(*(Text(_cell(run, key)) for key, _ in COLUMNS), style="red" if run.error else None)
     Console().print(table)
 
 
@@ -261,15 +283,17 @@ def main(argv: list[str]) -> None:
     configs, out, overrides = parse_args(list(argv))
     command = " ".join(["python -m lit_nnopt compare", *argv])
     out.mkdir(parents=True, exist_ok=True)
-    console = Console(stderr=True)
+    console = Console(stderr=True, highlight=False)
     runs: list[Run] = []
     for index, (name, config) in enumerate(zip(run_names(configs), configs), start=1):
-        console.print(f"[{index}/{len(configs)}] {name}: training {config} (log: {out / name / 'fit.log'})")
+        prefix = f"[{index}/{len(configs)}] {name}:"
+        console.print(f"{prefix} training {config} (log: {out / name / 'fit.log'})", markup=False)
         started = time.perf_counter()
         run = run_config(name, config, overrides, out / name)
         runs.append(run)
-        outcome = f"[red]{run.error}[/red]" if run.error else f"test_acc {_cell(run, 'test_acc')}"
-        console.print(f"[{index}/{len(configs)}] {name}: {outcome} ({time.perf_counter() - started:.0f} s)")
+        outcome = run.error or f"test_acc {_cell(run, 'test_acc')}"
+        seconds = time.perf_counter() - started
+        console.print(f"{prefix} {outcome} ({seconds:.0f} s)", markup=False, style="red" if run.error else None)
         _write(runs, out, command)  # after every run, so an interrupted comparison keeps what it has
     print_table(runs)
     console.print(f"Wrote {out / 'comparison.md'}, {out / 'comparison.json'} and {out / 'comparison.png'}.")

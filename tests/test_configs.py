@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import CONFIGS, run_cli
@@ -28,13 +30,21 @@ def test_config_opens_with_a_one_line_description(config: Path) -> None:
     assert not second.startswith("#"), f"{config.name}: the description is one line"
 
 
+def _on_this_machine(config: Path) -> list[str]:
+    """Run a GPU config on the CPU where there is no GPU: its keys are still checked."""
+    trainer = yaml.safe_load(config.read_text()).get("trainer") or {}
+    if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        return ["--trainer.accelerator", "cpu"]
+    return []
+
+
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda path: path.stem)
 def test_config_runs_one_batch(config: Path, mnist_dir: Path, tmp_path: Path) -> None:
     result = run_cli(
         "fit", "--config", str(config), "--data.data_dir", str(mnist_dir), "--trainer.fast_dev_run", "true",
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        env=ONE_THREAD,
+        *_on_this_machine(config), env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Trainer.fit` stopped" in result.stdout + result.stderr
@@ -62,3 +72,22 @@ def test_tutorial_config_is_the_articles_recipe_with_keras_semantics() -> None:
     }
     assert config["data"] == {"batch_size": 64, "val_split": 0.2, "val_split_mode": "last", "standardize": False}
     assert config["trainer"] == {"max_epochs": 20}
+
+
+# Test accuracy of the best checkpoint, as the README's results table states it (measured with
+# `python -m lit_nnopt compare`, on the real MNIST).
+README_TEST_ACCURACY = {"tutorial": 0.9636, "adam": 0.9818}
+
+
+@pytest.mark.slow
+def test_tutorial_and_adam_reach_the_readme_accuracy(mnist_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli(
+        "compare", str(CONFIGS / "tutorial.yaml"), str(CONFIGS / "adam.yaml"), "--out", str(out),
+        "--data.data_dir", str(mnist_dir), "--trainer.logger", "false", env=ONE_THREAD, timeout=3600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["config"]: row for row in json.loads((out / "comparison.json").read_text())}
+    for name, expected in README_TEST_ACCURACY.items():
+        assert rows[name]["error"] is None, rows[name]["error"]
+        assert rows[name]["test_acc"] == pytest.approx(expected, abs=0.003), f"{name}: README says {expected:.2%}"
