@@ -130,10 +130,11 @@ def stop_reason(trainer: pl.Trainer) -> str:
         return "interrupted"
     for callback in trainer.callbacks:
         message = getattr(callback, "stop_reason_message", None)
+        if isinstance(callback, EarlyStopping) and (message or callback.stopped_epoch):
+            message = message or f"{callback.monitor} stopped improving"
+            return f"early stopping at epoch {callback.stopped_epoch}: {message}"
         if message:
-            return f"{type(callback).__name__} at epoch {getattr(callback, 'stopped_epoch', trainer.current_epoch)}: {message}"
-        if isinstance(callback, EarlyStopping) and callback.stopped_epoch:
-            return f"early stopping at epoch {callback.stopped_epoch}: {callback.monitor} stopped improving"
+            return f"{type(callback).__name__} at epoch {trainer.current_epoch}: {message}"
     if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
         return f"max_steps ({trainer.max_steps}) reached"
     if trainer.should_stop:

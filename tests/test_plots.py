@@ -143,7 +143,7 @@ def pictures_of_a_short_run(mnist_dir, tmp_path_factory):
         callbacks=[RunSummary(), pictures], default_root_dir=root, enable_progress_bar=False,
         enable_model_summary=False, enable_checkpointing=False,
     )
-    model, data = MNISTClassifier(), MNISTDataModule(str(mnist_dir), batch_size=64)
+    model, data = MNISTClassifier(), MNISTDataModule(str(mnist_dir), batch_size=64, eval_batch_size=64)
     trainer.fit(model, data)
     trainer.test(model, data, verbose=False)
     return root, pictures
@@ -157,7 +157,7 @@ def test_fit_leaves_learning_curves(pictures_of_a_short_run):
 def test_test_leaves_a_confusion_matrix_of_every_test_sample(pictures_of_a_short_run):
     root, pictures = pictures_of_a_short_run
     assert png_size(root / CONFUSION_MATRIX_FILE) == (750, 650)
-    assert int(pictures._confusion.compute().sum()) == 5 * 64  # limit_test_batches x batch_size
+    assert int(pictures._confusion.compute().sum()) == 5 * 64  # limit_test_batches x eval_batch_size
 
 
 def test_test_leaves_the_worst_digits(pictures_of_a_short_run):
