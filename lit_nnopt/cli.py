@@ -99,7 +99,7 @@ class LitNNOptCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"epilog": _epilog()})
         # The command line, to print the command that resumes an interrupted run.
-        self._argv = list(sys.argv[1:] if args is None else args) if args is None or isinstance(args, list) else None
+        self._argv = list(sys.argv[1:]) if args is None else (list(args) if isinstance(args, list) else None)
         super().__init__(MNISTClassifier, MNISTDataModule, args=args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
