@@ -213,7 +213,7 @@ class MNISTDataModule(pl.LightningDataModule):
         except Exception as err:  # torchvision raises RuntimeError, URLError, OSError... offline
             raise DataError(
                 f"{self.dataset} files are missing (searched {searched}) and downloading them through "
-                f"torchvision failed: {err}. Without a network, copy the four IDX files (raw or .gz) "
+                f"torchvision failed: {' '.join(str(err).split())}. Without a network, copy the four IDX files (raw or .gz) "
                 f"into {self.data_dir} or point `--data.data_dir` (or ${DATA_DIR_ENV}) at a folder that "
                 "holds them."
             ) from err
