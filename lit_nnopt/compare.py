@@ -228,11 +228,9 @@ def write_markdown(runs: list[Run], path: Path, command: str) -> None:
 
 def plot(runs: list[Run], path: Path) -> None:
     """Validation accuracy and loss per epoch, one line per config, side by side, one legend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from lit_nnopt.plots import new_figure, save_figure, style_epoch_axes
 
-    figure = Figure(figsize=(13, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(13, 4.5)
     accuracy, loss = figure.subplots(1, 2)
     for index, run in enumerate(runs):
         # Ten colours, then the same ten dashed, and so on: every run stays distinguishable.
@@ -241,15 +239,12 @@ def plot(runs: list[Run], path: Path) -> None:
             points = [(row["epoch"], row[metric]) for row in run.history if row.get(metric) is not None]
             if points:
                 axes.plot(*zip(*points), marker="o", markersize=3, label=run.config, **style)
-    for axes, title in ((accuracy, "validation accuracy"), (loss, "validation loss")):
-        axes.set_title(title)
-        axes.set_xlabel("epoch")
-        axes.grid(alpha=0.3)
-        axes.xaxis.get_major_locator().set_params(integer=True)
+    style_epoch_axes(accuracy, "validation accuracy")
+    style_epoch_axes(loss, "validation loss")
     handles, labels = accuracy.get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="outside right upper")
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
 
 
 def print_table(runs: list[Run]) -> None:

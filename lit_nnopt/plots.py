@@ -30,13 +30,14 @@ WORST_DIGITS_FILE = "worst_test_digits.png"
 _LR_SUFFIXES = ("-momentum", "-weight_decay")
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure that needs no display (no pyplot, no global backend)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(figure: Any, path: Path, dpi: int) -> Path:
+def save_figure(figure: Any, path: Path, dpi: int) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
@@ -70,7 +71,7 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | Path, dp
     """
     if not history:
         raise ValueError("The history holds no epoch, so there is no learning curve to draw; train at least one epoch.")
-    figure = _figure(15, 4.5)
+    figure = new_figure(15, 4.5)
     accuracy, loss, rate = figure.subplots(1, 3)
     for axes, metric, title in ((accuracy, "acc", "accuracy"), (loss, "loss", "loss")):
         for split, style in (("train", "-o"), ("val", "-s")):
@@ -82,7 +83,7 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | Path, dp
     epochs = [row["epoch"] for row in history]
     for axes in (accuracy, loss, rate):
         axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # whole epochs on the axis, even for one epoch
-    return _save(figure, Path(path), dpi)
+    return save_figure(figure, Path(path), dpi)
 
 
 def _plot_learning_rate(axes: Any, history: Sequence[dict[str, Any]]) -> None:
@@ -106,11 +107,16 @@ def _plot_learning_rate(axes: Any, history: Sequence[dict[str, Any]]) -> None:
     _decorate(axes, "learning rate")
 
 
-def _decorate(axes: Any, title: str) -> None:
+def style_epoch_axes(axes: Any, title: str) -> None:
+    """Title, an ``epoch`` x axis with whole-number ticks, and a light grid."""
     axes.set_title(title)
     axes.set_xlabel("epoch")
     axes.grid(alpha=0.3)
     axes.xaxis.get_major_locator().set_params(integer=True)
+
+
+def _decorate(axes: Any, title: str) -> None:
+    style_epoch_axes(axes, title)
     if axes.get_legend_handles_labels()[0]:
         axes.legend()
 
@@ -141,7 +147,7 @@ def plot_confusion_matrix(
     shares = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
     total = int(counts.sum())
     accuracy = counts.diagonal().sum().item() / max(total, 1)
-    figure = _figure(7.5, 6.5)
+    figure = new_figure(7.5, 6.5)
     axes = figure.subplots()
     image = axes.imshow(shares.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, label="share of the true class")
@@ -154,7 +160,7 @@ def plot_confusion_matrix(
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(f"test confusion matrix: accuracy {accuracy:.2%} of {total}")
-    return _save(figure, Path(path), dpi)
+    return save_figure(figure, Path(path), dpi)
 
 
 def plot_worst_examples(
@@ -186,7 +192,7 @@ def plot_worst_examples(
         )
     columns = math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)
-    figure = _figure(1.6 * columns, 1.8 * rows)
+    figure = new_figure(1.6 * columns, 1.8 * rows)
     grid = figure.subplots(rows, columns, squeeze=False)
     pixels = images.detach().cpu().reshape(count, *images.shape[-2:]).float()
     for index, axes in enumerate(grid.flat):
@@ -198,7 +204,7 @@ def plot_worst_examples(
                 fontsize=8,
             )
     figure.suptitle("worst-classified test images: true → predicted, p = probability of the true class")
-    return _save(figure, Path(path), dpi)
+    return save_figure(figure, Path(path), dpi)
 
 
 class _WorstExamples:
