@@ -29,25 +29,25 @@ _RESULT = "runner result: "  # marks the line a runner process reports on; other
 _EXTRA: dict[str, float] = {}  # what a runner measures besides epoch times
 
 
-def _mlp():
-    from lit_nnopt.networks import MLP
-
-    return MLP([128], dropout=0.2)
-
-
 def run_reference(data_dir: str, epochs: int) -> list[float]:
-    """A minimal hand-written loop on in-memory tensors: what an expert writes without a framework."""
+    """A minimal hand-written loop on in-memory tensors: what an expert writes without a framework.
+
+    It imports neither Lightning nor lit_nnopt's Lightning parts: only the IDX reader and the MLP.
+    """
     import torch
     from torch.nn import functional as F
 
-    from lit_nnopt.data import MNISTDataModule
+    from lit_nnopt.idx import parse_idx, read_bytes
+    from lit_nnopt.networks import MLP
 
     torch.manual_seed(0)
-    data = MNISTDataModule(data_dir)
-    data.setup("fit")
-    (train_x, train_y), (val_x, val_y) = data._splits["train"], data._splits["val"]
-    train_x, val_x = train_x.unsqueeze(1).float() / 255, val_x.unsqueeze(1).float() / 255
-    net = _mlp()
+    raw = Path(data_dir) / "MNIST" / "raw"
+    images = parse_idx(read_bytes(raw / "train-images-idx3-ubyte.gz")).unsqueeze(1).float() / 255
+    labels = parse_idx(read_bytes(raw / "train-labels-idx1-ubyte.gz")).long()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(42))
+    val_x, val_y = images[order[:12000]], labels[order[:12000]]
+    train_x, train_y = images[order[12000:]], labels[order[12000:]]
+    net = MLP([128], dropout=0.2)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     stamps = [time.perf_counter()]
     for _ in range(epochs):
@@ -102,10 +102,12 @@ def run_usual(data_dir: str, epochs: int) -> list[float]:
     from torch.utils.data import DataLoader, random_split
     from torchvision import datasets, transforms
 
+    from lit_nnopt.networks import MLP
+
     class Classifier(pl.LightningModule):
         def __init__(self):
             super().__init__()
-            self.net = _mlp()
+            self.net = MLP([128], dropout=0.2)
 
         def training_step(self, batch, batch_idx):
             x, y = batch

@@ -167,7 +167,10 @@ class MNISTClassifier(pl.LightningModule):
         ``foreach`` itself, and under float16 loss scaling, where clipping callbacks need the
         gradients unscaled before the step.
         """
-        if "fused" in init_args or "foreach" in init_args or self.device.type not in ("cpu", "cuda"):
+        # LightningCLI fills in every argument, so `None` (torch's "choose for me") counts as unset.
+        if init_args.get("fused") is not None or init_args.get("foreach") is not None:
+            return False
+        if self.device.type not in ("cpu", "cuda"):
             return False
         if self._trainer is not None and str(self.trainer.precision).startswith("16"):
             return False

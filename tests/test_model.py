@@ -108,3 +108,10 @@ def test_fused_is_left_alone_when_the_config_chooses():
     assert optimizer.defaults["foreach"] and not optimizer.defaults["fused"]
     rmsprop = MNISTClassifier(optimizer={"class_path": "torch.optim.RMSprop", "init_args": {"lr": 0.01}})
     assert "fused" not in rmsprop.configure_optimizers().defaults
+
+
+def test_fused_by_default_when_the_cli_fills_in_torchs_none():
+    model = MNISTClassifier(
+        optimizer={"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001, "fused": None, "foreach": None}}
+    )
+    assert model.configure_optimizers().defaults["fused"]
