@@ -76,7 +76,7 @@ def test_tutorial_config_is_the_articles_recipe_with_keras_semantics() -> None:
 
 # Test accuracy of the best checkpoint, as the README's results table states it (measured with
 # `python -m lit_nnopt compare`, on the real MNIST).
-README_TEST_ACCURACY = {"tutorial": 0.9636, "adam": 0.9818}
+README_TEST_ACCURACY = {"tutorial": 0.9633, "adam": 0.9811}
 
 
 @pytest.mark.slow
