@@ -216,6 +216,16 @@ def _skip_nvml_probe_without_gpu() -> None:
         os.environ[NVML_CHECK_ENV] = "0"
 
 
+def _close_process_group() -> None:
+    """Destroy the DDP process group before exiting; Lightning leaves it open.
+
+    Left open, its threads can outlive the interpreter's shutdown and abort the process
+    ("terminate called without an active exception"), which fails the whole DDP run.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _init_arg(namespace: Any, key: str) -> Any:
     if not namespace:
         return None
@@ -302,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
             new_main(command_line[1:])
         else:
             LitNNOptCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+            _close_process_group()
     except KeyboardInterrupt:
         sys.stderr.write("lit_nnopt: interrupted.\n")
         sys.exit(130)
