@@ -10,6 +10,7 @@ from typing import Any
 _EXPORTS = {
     "AtomicCheckpointIO": "lit_nnopt.resilience",
     "AutoWandbLogger": "lit_nnopt.loggers",
+    "BatchGroup": "lit_nnopt.data",
     "BatchLoader": "lit_nnopt.data",
     "CNN": "lit_nnopt.networks",
     "MLP": "lit_nnopt.networks",
@@ -23,6 +24,7 @@ __all__ = [  # provided by __getattr__
     "MLP",
     "AtomicCheckpointIO",
     "AutoWandbLogger",
+    "BatchGroup",
     "BatchLoader",
     "MNISTClassifier",
     "MNISTDataModule",

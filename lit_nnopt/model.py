@@ -10,10 +10,12 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import instantiate_class
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import Metric
 
+from lit_nnopt.data import BatchGroup
 from lit_nnopt.networks import MLP
 
 _NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -52,9 +54,10 @@ class LossAndAccuracy(Metric):
         self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self.loss_sum += loss.detach() * len(target)
-        self.correct += (logits.detach().argmax(dim=1) == target).sum()
-        self.total += len(target)
+        # In place: `self.total += n` would go through nn.Module.__setattr__ on every batch.
+        self.loss_sum.add_(loss.detach(), alpha=len(target))
+        self.correct.add_((logits.detach().argmax(dim=1) == target).sum())
+        self.total.add_(len(target))
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {f"{self.split}_loss": self.loss_sum / self.total, f"{self.split}_acc": self.correct / self.total}
@@ -83,6 +86,18 @@ class MNISTClassifier(pl.LightningModule):
             parameter group with ``weight_decay=0`` (what AdamW users usually want).
         compile: run the network through ``torch.compile`` (pays off on GPUs; the first
             steps then take longer while it compiles).
+        steps_per_execution: run this many batches, each with its own optimizer step, in one
+            Lightning training step, as Keras' ``compile(steps_per_execution=...)`` does. The
+            weights, optimizer steps and LR schedule are those of one batch per step; only
+            Lightning's per-batch work (``on_train_batch_start``/``end`` hooks, the progress
+            bar, step logging) happens once per group instead of once per batch, which is most
+            of the framework's time for a network this small. Hooks around each optimizer step
+            (``on_before_backward``, ``on_after_backward``, ``on_before_optimizer_step``) still
+            run at every step. The data module must serve groups of as many batches
+            (``MNISTDataModule(steps_per_execution=...)``; the CLI links the two). Lightning
+            then uses manual optimization, so ``Trainer(gradient_clip_val=...)`` and
+            ``accumulate_grad_batches`` are not available: clip with
+            :class:`~lit_nnopt.callbacks.GradientClipping`.
     """
 
     def __init__(
@@ -94,12 +109,18 @@ class MNISTClassifier(pl.LightningModule):
         lr_scheduler_frequency: int = 1,
         exempt_bias_and_norm_from_weight_decay: bool = True,
         compile: bool = False,
+        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
         if lr_scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"`lr_scheduler_interval` can be step, epoch, got {lr_scheduler_interval!r}.")
         if lr_scheduler_frequency < 1:
             raise ValueError(f"`lr_scheduler_frequency` must be >= 1, got {lr_scheduler_frequency}.")
+        if steps_per_execution < 1:
+            raise ValueError(f"`steps_per_execution` must be >= 1, got {steps_per_execution}.")
+        # Lightning's automatic optimization takes one batch per training step; a group of
+        # them needs the steps taken here (see `_run_execution`).
+        self.automatic_optimization = steps_per_execution == 1
         if isinstance(net, dict):
             net = instantiate_class((), net)
         self.net = net if net is not None else MLP()
@@ -126,18 +147,90 @@ class MNISTClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         return loss + penalty() if penalty else loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | BatchGroup, batch_idx: int) -> torch.Tensor:
+        if not self.automatic_optimization:
+            return self._run_execution(batch, batch_idx)
+        if isinstance(batch, BatchGroup):
+            raise MisconfigurationException(
+                f"The training data comes in groups of batches (steps_per_execution="
+                f"{len(batch.labels) // batch.batch_size} or more) but the model takes one batch per "
+                "step. Give the model and the data module the same `steps_per_execution` (the CLI's "
+                "`--model.steps_per_execution` sets both)."
+            )
         x, y = batch
-        logits = self(x)
-        loss = self._loss(logits, y)
-        self.train_metrics.update(loss, logits, y)
+        loss = self._train_on(x, y)
         if batch_idx % self.trainer.log_every_n_steps == 0:
             self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        if self.trainer.is_last_batch:
+        if self._last_batch_of_epoch(batch_idx):
             # Logged once per epoch, at its last batch, so that every callback's
             # on_train_epoch_end sees them; a `self.log` per step costs more than the step.
             self.log_dict(self.train_metrics.compute_and_reset(), prog_bar=True)
         return loss
+
+    def _train_on(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self(x)
+        loss = self._loss(logits, y)
+        self.train_metrics.update(loss, logits, y)
+        return loss
+
+    def _last_batch_of_epoch(self, batch_idx: int) -> bool:
+        return self.trainer.is_last_batch or batch_idx + 1 >= self.trainer.num_training_batches
+
+    def _run_execution(self, batch: tuple[torch.Tensor, torch.Tensor] | BatchGroup, batch_idx: int) -> torch.Tensor:
+        """Train on a group of batches, one optimizer step each, as automatic optimization would.
+
+        The zero_grad/backward/step order, the ``max_steps`` limit and the LR schedulers' rules
+        (``interval``, ``frequency``, counted in batches as Lightning counts them) are Lightning's,
+        so the weights come out as with one batch per training step.
+        """
+        optimizer = self.optimizers()
+        batches = batch.batches() if isinstance(batch, BatchGroup) else [batch]
+        first_batch = batch_idx * self.hparams.steps_per_execution
+        loss = torch.tensor(float("nan"))
+        for offset, (x, y) in enumerate(batches):
+            if 0 <= self.trainer.max_steps <= self.trainer.global_step:
+                break
+            loss = self._train_on(x, y)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            self._step_lr_schedulers("step", first_batch + offset)
+            if (first_batch + offset) % self.trainer.log_every_n_steps == 0:
+                self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        if self._last_batch_of_epoch(batch_idx):
+            self.log_dict(self.train_metrics.compute_and_reset(), prog_bar=True)
+            self._step_lr_schedulers("epoch", self.current_epoch)
+        return loss.detach()
+
+    def _step_lr_schedulers(self, interval: str, index: int) -> None:
+        """Step the schedulers of ``interval`` whose frequency divides ``index + 1`` (plateau ones at epoch end)."""
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == interval and not config.reduce_on_plateau and (index + 1) % config.frequency == 0:
+                self.lr_scheduler_step(config.scheduler, None)
+
+    def on_fit_start(self) -> None:
+        if self.automatic_optimization:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            if config.reduce_on_plateau and config.interval != "epoch":
+                raise MisconfigurationException(
+                    "With steps_per_execution > 1 a ReduceLROnPlateau scheduler can only be stepped "
+                    "every epoch: set `--model.lr_scheduler_interval epoch`, or use the "
+                    "lit_nnopt.callbacks.ReduceLROnPlateau callback."
+                )
+
+    def on_train_epoch_end(self) -> None:
+        if self.automatic_optimization:
+            return
+        for config in self.trainer.lr_scheduler_configs:
+            if config.reduce_on_plateau and (self.current_epoch + 1) % config.frequency == 0:
+                value = self.trainer.callback_metrics.get(config.monitor)
+                if value is None:
+                    raise MisconfigurationException(
+                        f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged; "
+                        f"logged metrics: {sorted(self.trainer.callback_metrics)}."
+                    )
+                self.lr_scheduler_step(config.scheduler, value)
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: LossAndAccuracy) -> None:
         x, y = batch
