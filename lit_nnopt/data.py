@@ -68,6 +68,9 @@ class BatchLoader:
         steps_per_execution: serve this many consecutive batches at a time as one
             :class:`BatchGroup` (the last group of an epoch may hold fewer); 1 serves
             ``(images, labels)`` batches.
+        max_batches: serve at most this many batches per epoch. The data module passes the
+            trainer's integer ``limit_train_batches``, which Lightning applies to what the
+            loader yields, here groups: the limit then counts batches, as it does without groups.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class BatchLoader:
         std: float = 1.0,
         current_epoch: Callable[[], int] | None = None,
         steps_per_execution: int = 1,
+        max_batches: int | None = None,
     ) -> None:
         if steps_per_execution < 1:
             raise ValueError(f"`steps_per_execution` must be >= 1, got {steps_per_execution}.")
@@ -95,6 +99,7 @@ class BatchLoader:
         self.world_size = world_size
         self.current_epoch = current_epoch
         self.steps_per_execution = steps_per_execution
+        self.max_batches = max_batches
         self.scale = 1.0 / (255.0 * std)
         self.shift = mean / std
         self._next_epoch = 0
@@ -107,7 +112,8 @@ class BatchLoader:
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(self.shard_size / self.batch_size)
+        batches = math.ceil(self.shard_size / self.batch_size)
+        return batches if self.max_batches is None else min(batches, self.max_batches)
 
     def __len__(self) -> int:
         return math.ceil(self.batches_per_epoch / self.steps_per_execution)
@@ -332,7 +338,8 @@ class MNISTDataModule(pl.LightningDataModule):
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         loader = self._loaders.get(split)
-        if loader is None or (loader.rank, loader.world_size) != (rank, world_size):
+        max_batches = self._batch_limit(split)
+        if loader is None or (loader.rank, loader.world_size, loader.max_batches) != (rank, world_size, max_batches):
             images, labels = self._splits[split]
             if device.type == "cuda":  # MNIST is 47 MB: keep it on the GPU, no copy per batch
                 images, labels = images.to(device), labels.to(device)
@@ -342,9 +349,15 @@ class MNISTDataModule(pl.LightningDataModule):
                 rank=rank, world_size=world_size, mean=self._mean, std=self._std,
                 current_epoch=(lambda: trainer.current_epoch) if trainer and split == "train" else None,
                 steps_per_execution=self.steps_per_execution if split == "train" else 1,
+                max_batches=max_batches,
             )
             self._loaders[split] = loader
         return loader
+
+    def _batch_limit(self, split: str) -> int | None:
+        limit = self.trainer.limit_train_batches if self.trainer and split == "train" else None
+        grouped = self.steps_per_execution > 1
+        return limit if grouped and isinstance(limit, int) and not isinstance(limit, bool) else None
 
     def train_dataloader(self) -> BatchLoader:
         return self._loader("train")

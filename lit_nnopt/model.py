@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import instantiate_class
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import Metric
@@ -68,6 +69,17 @@ class LossAndAccuracy(Metric):
         return values
 
 
+def _plateau_monitor(config: LRSchedulerConfig) -> str | None:
+    """The metric that a ReduceLROnPlateau scheduler monitors; None for other schedulers.
+
+    Under manual optimization Lightning leaves ``reduce_on_plateau`` False and ``monitor`` None
+    in the scheduler configs, so the scheduler's class tells.
+    """
+    if not (config.reduce_on_plateau or isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
+        return None
+    return config.monitor or getattr(config.scheduler, "monitor", "val_loss")
+
+
 class MNISTClassifier(pl.LightningModule):
     """Trains a network with cross-entropy and reports loss and accuracy per split.
 
@@ -121,6 +133,7 @@ class MNISTClassifier(pl.LightningModule):
         # Lightning's automatic optimization takes one batch per training step; a group of
         # them needs the steps taken here (see `_run_execution`).
         self.automatic_optimization = steps_per_execution == 1
+        self._epoch_end_reached = False  # in this epoch, by `_run_execution`
         if isinstance(net, dict):
             net = instantiate_class((), net)
         self.net = net if net is not None else MLP()
@@ -184,11 +197,16 @@ class MNISTClassifier(pl.LightningModule):
         so the weights come out as with one batch per training step.
         """
         optimizer = self.optimizers()
-        batches = batch.batches() if isinstance(batch, BatchGroup) else [batch]
-        first_batch = batch_idx * self.hparams.steps_per_execution
+        grouped = isinstance(batch, BatchGroup)
+        batches = batch.batches() if grouped else [batch]
+        # The index in the epoch of the group's first batch (groups before this one are full).
+        first_batch = batch_idx * self.hparams.steps_per_execution if grouped else batch_idx
         loss = torch.tensor(float("nan"))
+        completed = True
         for offset, (x, y) in enumerate(batches):
             if 0 <= self.trainer.max_steps <= self.trainer.global_step:
+                # As with one batch per step, an epoch cut short by max_steps has no epoch end.
+                completed = False
                 break
             loss = self._train_on(x, y)
             optimizer.zero_grad()
@@ -197,7 +215,8 @@ class MNISTClassifier(pl.LightningModule):
             self._step_lr_schedulers("step", first_batch + offset)
             if (first_batch + offset) % self.trainer.log_every_n_steps == 0:
                 self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        if self._last_batch_of_epoch(batch_idx):
+        if completed and self._last_batch_of_epoch(batch_idx):
+            self._epoch_end_reached = True
             self.log_dict(self.train_metrics.compute_and_reset(), prog_bar=True)
             self._step_lr_schedulers("epoch", self.current_epoch)
         return loss.detach()
@@ -205,29 +224,35 @@ class MNISTClassifier(pl.LightningModule):
     def _step_lr_schedulers(self, interval: str, index: int) -> None:
         """Step the schedulers of ``interval`` whose frequency divides ``index + 1`` (plateau ones at epoch end)."""
         for config in self.trainer.lr_scheduler_configs:
-            if config.interval == interval and not config.reduce_on_plateau and (index + 1) % config.frequency == 0:
+            if config.interval == interval and not _plateau_monitor(config) and (index + 1) % config.frequency == 0:
                 self.lr_scheduler_step(config.scheduler, None)
 
     def on_fit_start(self) -> None:
         if self.automatic_optimization:
             return
         for config in self.trainer.lr_scheduler_configs:
-            if config.reduce_on_plateau and config.interval != "epoch":
+            if _plateau_monitor(config) and config.interval != "epoch":
                 raise MisconfigurationException(
                     "With steps_per_execution > 1 a ReduceLROnPlateau scheduler can only be stepped "
                     "every epoch: set `--model.lr_scheduler_interval epoch`, or use the "
                     "lit_nnopt.callbacks.ReduceLROnPlateau callback."
                 )
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_end_reached = False
+
     def on_train_epoch_end(self) -> None:
-        if self.automatic_optimization:
+        # Lightning steps plateau schedulers only after the epoch's last batch (not when max_steps
+        # ends it early, nor when a restored run re-enters an epoch that had ended).
+        if self.automatic_optimization or not self._epoch_end_reached:
             return
         for config in self.trainer.lr_scheduler_configs:
-            if config.reduce_on_plateau and (self.current_epoch + 1) % config.frequency == 0:
-                value = self.trainer.callback_metrics.get(config.monitor)
+            monitor = _plateau_monitor(config)
+            if monitor and (self.current_epoch + 1) % config.frequency == 0:
+                value = self.trainer.callback_metrics.get(monitor)
                 if value is None:
                     raise MisconfigurationException(
-                        f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged; "
+                        f"ReduceLROnPlateau monitors {monitor!r}, which was not logged; "
                         f"logged metrics: {sorted(self.trainer.callback_metrics)}."
                     )
                 self.lr_scheduler_step(config.scheduler, value)
@@ -289,6 +314,7 @@ class MNISTClassifier(pl.LightningModule):
             "interval": self.hparams.lr_scheduler_interval,
             "frequency": self.hparams.lr_scheduler_frequency,
         }
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and self.automatic_optimization:
+            # Manual optimization ignores (with a warning) a monitor: see `_plateau_monitor`.
             config["monitor"] = getattr(scheduler, "monitor", "val_loss")
         return {"optimizer": optimizer, "lr_scheduler": config}

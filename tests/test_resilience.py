@@ -387,10 +387,14 @@ def _final_state(root: Path) -> tuple[dict, list]:
 
 
 @pytest.mark.slow  # three runs of the command line: 16 to 27 s measured on two busy cores
-def test_sigterm_mid_epoch_then_ckpt_path_last_ends_bitwise_equal_to_an_uninterrupted_run(mnist_dir, tmp_path):
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_sigterm_mid_epoch_then_ckpt_path_last_ends_bitwise_equal_to_an_uninterrupted_run(
+    mnist_dir, tmp_path, steps_per_execution
+):
     config, marker = _config(tmp_path, mnist_dir), tmp_path / "paused"
-    whole = _start("fit", "--config", str(config), "--trainer.default_root_dir", "whole", cwd=tmp_path)
-    cut_args = ["fit", "--config", str(config), "--trainer.default_root_dir", "cut"]
+    steps = ["--model.steps_per_execution", str(steps_per_execution)]
+    whole = _start("fit", "--config", str(config), "--trainer.default_root_dir", "whole", *steps, cwd=tmp_path)
+    cut_args = ["fit", "--config", str(config), "--trainer.default_root_dir", "cut", *steps]
     returncode, stderr = _interrupt(_start(*cut_args, *_pause(marker, step=20), cwd=tmp_path), marker, signal.SIGTERM)
     assert returncode == 143, stderr[-3000:]
     assert "Traceback" not in stderr
