@@ -4,7 +4,7 @@
 
 All train the tutorial's MLP (784-128-10, dropout 0.2, Adam, batch 64) on the same 48,000 /
 12,000 split of the real MNIST and validate after every epoch: the hand-written reference,
-``configs/adam.yaml`` as shipped (8 batches per Lightning step), the same config with one
+``configs/adam.yaml`` as shipped (32 batches per Lightning step), the same config with one
 batch per Lightning step, and the usual torchvision-plus-DataLoader recipe. Each run is its
 own process; runs alternate (reference, lit_nnopt, ..., reference, ...) so that a busy
 machine slows them all alike. An epoch's time is measured from the end of one epoch's
