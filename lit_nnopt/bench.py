@@ -28,10 +28,10 @@ from pathlib import Path
 
 RUNNERS = ("reference", "lit_nnopt", "lit_nnopt_1_step", "usual")
 LABELS = {
-    "reference": "reference (hand-written loop)",
-    "lit_nnopt": "lit_nnopt, configs/adam.yaml",
-    "lit_nnopt_1_step": "lit_nnopt, 1 batch per Lightning step",
-    "usual": "usual Lightning recipe",
+    "reference": "hand-written loop",
+    "lit_nnopt": "lit_nnopt adam.yaml",
+    "lit_nnopt_1_step": "... 1 batch per step",
+    "usual": "usual Lightning",
 }
 _RESULT = "runner result: "  # marks the line a runner process reports on; others may print too
 _EXTRA: dict[str, float] = {}  # what a runner measures besides epoch times
