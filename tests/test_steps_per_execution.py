@@ -22,6 +22,7 @@ from lit_nnopt.callbacks import GradientClipping
 from lit_nnopt.cli import _check_steps_per_execution
 from lit_nnopt.data import BatchGroup, BatchLoader
 from lit_nnopt.idx import DataError
+from lit_nnopt.progress import CheapRichProgressBar
 from tests.conftest import CONFIGS, run_cli
 
 SAMPLES, BATCH = 110, 10  # 11 batches an epoch
@@ -418,3 +419,27 @@ def test_ddp_groups_train_like_single_batches_on_every_rank(mnist_dir, tmp_path)
         assert [rank["global_step"] for rank in ranks] == [375, 375]  # 24,000 samples a rank, groups 4 * 93 + 3
         _assert_same_tensors(ranks[1]["weights"], ranks[0]["weights"])
     _assert_same_tensors(grouped[0]["weights"], single[0]["weights"])
+
+
+# -- the progress bar -------------------------------------------------------------------------
+
+
+class RecordBar(Callback):
+    """Records the train bar's (completed, total) after each training step; placed after the bar."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = next(callback for callback in trainer.callbacks if isinstance(callback, CheapRichProgressBar))
+        task = bar.progress.tasks[bar.train_progress_bar_id]
+        self.seen.append((task.completed, task.total))
+
+
+@pytest.mark.parametrize(("steps", "expected"), [(1, list(range(1, 12))), (K, [3, 6, 9, 11])])
+def test_progress_bar_counts_batches_not_groups(steps, expected):
+    record = RecordBar()
+    model = MNISTClassifier(net=MLP([16]), steps_per_execution=steps)
+    trainer = _trainer(max_epochs=1, enable_progress_bar=True, callbacks=[CheapRichProgressBar(), record])
+    trainer.fit(model, train_dataloaders=_loader(steps))
+    assert record.seen == [(done, SAMPLES // BATCH) for done in expected]
