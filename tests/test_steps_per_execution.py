@@ -186,6 +186,12 @@ def _assert_same_training(grouped: tuple, single: tuple) -> None:
     _assert_same_tensors(grouped_model.state_dict(), single_model.state_dict())
     _assert_same_tensors(grouped_trainer.optimizers[0].state_dict()["state"], single_trainer.optimizers[0].state_dict()["state"])
     assert _lr(grouped_trainer) == _lr(single_trainer)
+    # The epoch's metrics (logged at an epoch end only), summed in the same order.
+    single_metrics, grouped_metrics = single_trainer.callback_metrics, grouped_trainer.callback_metrics
+    for name in ("train_loss", "train_acc"):
+        assert (name in grouped_metrics) == (name in single_metrics), name
+        if name in single_metrics:
+            assert torch.equal(grouped_metrics[name], single_metrics[name]), name
 
 
 def _initial_weights() -> dict[str, torch.Tensor]:
