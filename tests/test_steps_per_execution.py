@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lit_nnopt import MLP, MNISTClassifier
-from lit_nnopt.callbacks import GradientClipping
+from lit_nnopt.callbacks import GradientClipping, NaNGuard
 from lit_nnopt.cli import _check_steps_per_execution
 from lit_nnopt.data import BatchGroup, BatchLoader
 from lit_nnopt.idx import DataError
@@ -449,3 +449,46 @@ def test_progress_bar_counts_batches_not_groups(steps, expected):
     trainer = _trainer(max_epochs=1, enable_progress_bar=True, callbacks=[CheapRichProgressBar(), record])
     trainer.fit(model, train_dataloaders=_loader(steps))
     assert record.seen == [(done, SAMPLES // BATCH) for done in expected]
+
+
+# -- NaNGuard acts once per group ----------------------------------------------------------------
+
+
+class NaNAtCall(torch.nn.Module):
+    """A tiny MLP whose output is NaN at its ``at``-th training forward pass (counted from 1)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.mlp = MLP([16])
+        self.at = at
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                return out * float("nan")
+        return out
+
+
+class WeightsAtGroupStart(Callback):
+    def __init__(self) -> None:
+        self.weights: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.weights.append({name: tensor.clone() for name, tensor in pl_module.state_dict().items()})
+
+
+def test_nan_guard_skips_the_rest_of_the_group_then_rolls_back():
+    """Batch 5 (the second of group 2) is NaN: batch 6 is skipped too, and group 2 is undone."""
+    pl.seed_everything(7, verbose=False)
+    guard, starts = NaNGuard(action="rollback"), WeightsAtGroupStart()
+    model = MNISTClassifier(net=NaNAtCall(5), steps_per_execution=K)
+    trainer = _trainer(max_epochs=1, callbacks=[guard, starts])
+    with pytest.warns(UserWarning, match="non-finite loss at step 4 .*rolled back to the weights and optimizer state before step 3"):
+        trainer.fit(model, train_dataloaders=_loader(K))
+    assert (guard.skipped_steps, guard.rollbacks) == (1, 1)
+    _assert_same_tensors(starts.weights[2], starts.weights[1])  # group 2 left no trace
+    assert not torch.equal(starts.weights[3]["net.mlp.layers.1.weight"], starts.weights[2]["net.mlp.layers.1.weight"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
