@@ -43,3 +43,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
         [sys.executable, "-m", "lit_nnopt", *args],
         cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=full_env, check=False,
     )
+
+
+def link_mnist(mnist_dir: Path, target: Path) -> Path:
+    """A torchvision root at ``target`` whose ``MNIST/raw`` links to the real files; returns that raw folder.
+
+    Tests alter or remove files there without touching the shared data.
+    """
+    raw = target / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in (mnist_dir / "MNIST" / "raw").glob("*.gz"):
+        os.symlink(source, raw / source.name)
+    return raw

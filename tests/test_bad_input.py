@@ -19,7 +19,7 @@ import torch
 from lit_nnopt.cli import DEBUG_ENV, ConfigError, main
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.networks import MLP
-from tests.conftest import CONFIGS, REPO
+from tests.conftest import CONFIGS, REPO, link_mnist
 
 ADAM = str(CONFIGS / "adam.yaml")
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root ignores file permissions
@@ -98,16 +98,8 @@ def test_empty_data_dir(capfd, tmp_path):
     assert "files missing: train-images-idx3-ubyte" in stderr and "--data.data_dir" in stderr
 
 
-def _mnist_copy(mnist_dir: Path, target: Path) -> Path:
-    raw = target / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for source in (mnist_dir / "MNIST" / "raw").glob("*.gz"):
-        os.symlink(source, raw / source.name)
-    return raw
-
-
 def test_a_data_file_that_is_not_gzip(capfd, tmp_path, mnist_dir):
-    raw = _mnist_copy(mnist_dir, tmp_path / "data")
+    raw = link_mnist(mnist_dir, tmp_path / "data")
     (raw / "train-labels-idx1-ubyte.gz").unlink()
     (raw / "train-labels-idx1-ubyte.gz").write_bytes(b"<html>404 Not Found</html>")
     code, stderr = _fit(capfd, tmp_path, "--data.data_dir", str(tmp_path / "data"))
@@ -117,7 +109,7 @@ def test_a_data_file_that_is_not_gzip(capfd, tmp_path, mnist_dir):
 
 @pytest.mark.skipif(AS_ROOT, reason="root reads files whatever their permissions")
 def test_an_unreadable_data_file(capfd, tmp_path, mnist_dir):
-    raw = _mnist_copy(mnist_dir, tmp_path / "data")
+    raw = link_mnist(mnist_dir, tmp_path / "data")
     labels = raw / "t10k-labels-idx1-ubyte.gz"
     labels.unlink()
     labels.write_bytes(gzip.compress(b"\0" * 16))

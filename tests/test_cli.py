@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CONFIGS, REPO, run_cli
+from tests.conftest import CONFIGS, REPO, link_mnist, run_cli
 
 
 def _summary(root: Path) -> dict:
@@ -99,14 +99,6 @@ def test_bad_config_values_fail_clearly(args, message, tmp_path):
     _no_traceback(result)
 
 
-def _copy_mnist(mnist_dir: Path, target: Path) -> Path:
-    raw = target / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for source in (mnist_dir / "MNIST" / "raw").glob("*.gz"):
-        os.symlink(source, raw / source.name)
-    return raw
-
-
 def _fit_on(data_dir: Path, tmp_path: Path, *extra: str):
     return run_cli(
         "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(data_dir),
@@ -123,7 +115,7 @@ def test_missing_data_offline_fails_clearly(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_damaged_file_is_refused_by_name_before_training(mnist_dir, tmp_path, damage):
-    raw = _copy_mnist(mnist_dir, tmp_path / "data")
+    raw = link_mnist(mnist_dir, tmp_path / "data")
     labels = raw / "t10k-labels-idx1-ubyte.gz"
     content = bytearray(gzip.decompress(labels.read_bytes()))
     if damage == "truncate":
