@@ -28,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_nnopt.callbacks import InterruptCheckpoint
 from lit_nnopt.data import MNISTDataModule
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.plots import RunPictures
@@ -37,7 +38,6 @@ from lit_nnopt.resilience import (
     AtomicCheckpointIO,
     CheckpointError,
     ConfigFileError,
-    InterruptCheckpoint,
     check_checkpoint,
     check_config_file,
     check_hyperparameters,

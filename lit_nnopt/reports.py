@@ -129,7 +129,7 @@ def stop_reason(trainer: pl.Trainer) -> str:
     if trainer.interrupted:
         return "interrupted"
     for callback in trainer.callbacks:
-        message = getattr(callback, "stop_reason_message", None)
+        message = getattr(callback, "stopping_reason_message", None)
         if isinstance(callback, EarlyStopping) and (message or callback.stopped_epoch):
             message = message or f"{callback.monitor} stopped improving"
             return f"early stopping at epoch {callback.stopped_epoch}: {message}"

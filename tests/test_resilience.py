@@ -22,11 +22,11 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_nnopt import MLP, BatchLoader, MNISTClassifier
+from lit_nnopt.callbacks import InterruptCheckpoint
 from lit_nnopt.reports import RunSummary
 from lit_nnopt.resilience import (
     AtomicCheckpointIO,
     CheckpointError,
-    InterruptCheckpoint,
     check_checkpoint,
     config_files,
     find_resumable_checkpoint,

@@ -1,36 +1,15 @@
-"""Helpers the callbacks share: one metric value for all DDP ranks, ``mode="auto"``, and lr changes.
+"""Helpers the callbacks that change the lr share: which LR schedulers allow it, and the change itself.
 
 Private: the names here may change without notice.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as schedulers
-
-# Words in a metric name that tell its direction, for ``mode="auto"``.
-_LOWER_IS_BETTER = {"loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "wer", "cer"}
-_HIGHER_IS_BETTER = {
-    "acc",
-    "accuracy",
-    "auc",
-    "auroc",
-    "f1",
-    "precision",
-    "recall",
-    "iou",
-    "dice",
-    "map",
-    "r2",
-    "top1",
-    "top5",
-}
 
 # Schedulers that set the lr from fields other than ``base_lrs`` and the current lr, so scaling
 # ``base_lrs`` would not carry an lr change over to the next scheduler step.
@@ -41,29 +20,6 @@ _REFUSED_SCHEDULERS = (
     schedulers.ChainedScheduler,
     schedulers.ReduceLROnPlateau,
 )
-
-
-def infer_mode(monitor: str, owner: str) -> str:
-    """``"min"`` or ``"max"`` from the words of a metric name (``val_loss`` -> min, ``val_acc`` -> max)."""
-    words = set(re.split(r"[^a-z0-9]+", monitor.lower()))
-    lower, higher = bool(words & _LOWER_IS_BETTER), bool(words & _HIGHER_IS_BETTER)
-    if lower != higher:
-        return "min" if lower else "max"
-    raise ValueError(
-        f"{owner}(mode='auto') cannot tell whether `{monitor}` should go down or up: its name contains"
-        f" {'both' if lower else 'none'} of the known words (loss, error, mse, ... for min; acc, auc, f1, ... for"
-        " max). Pass mode='min' or mode='max'."
-    )
-
-
-def mean_over_ranks(trainer: pl.Trainer, value: Any) -> torch.Tensor:
-    """``value`` averaged over the DDP ranks (a copy of it on one device).
-
-    A metric logged without ``sync_dist=True`` differs between ranks; averaging it gives every
-    rank the same number, so callbacks that keep counters keep the same ones on every rank.
-    """
-    tensor = torch.as_tensor(value).detach().to(device=trainer.strategy.root_device, dtype=torch.float32)
-    return trainer.strategy.reduce(tensor.clone().squeeze(), reduce_op="mean")
 
 
 def check_lr_schedulers(trainer: pl.Trainer, owner: str) -> None:

@@ -6,6 +6,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.optim import Optimizer
+from typing_extensions import override
 
 
 class GradientNormMonitor(Callback):
@@ -13,11 +14,10 @@ class GradientNormMonitor(Callback):
 
     Metric names follow Lightning's ``grad_norm`` utility: ``grad_2.0_norm_total`` and
     ``grad_2.0_norm/<parameter name>`` (for ``norm_type=2``), over the parameters of the optimizer
-    about to step. The norms are taken in
-    ``on_before_optimizer_step``: after gradient accumulation, after unscaling under mixed
-    precision, and before or after a :class:`~lit_nnopt.callbacks.GradientClipping` depending on
-    which of the two comes first in the callbacks list (``GradientClipping`` logs its own
-    before/after total norms anyway).
+    about to step; with several optimizers the total ends in ``/optimizer_<index>``. The norms
+    are taken in ``on_before_optimizer_step``: after gradient accumulation, after unscaling
+    under mixed precision, and before any clipping (Lightning's or
+    :class:`~lit_nnopt.callbacks.GradientClipping`'s, which logs its own before/after total norms).
 
     Off steps cost one modulo; ``every_n_steps=0`` turns the callback off entirely.
 
@@ -32,8 +32,14 @@ class GradientNormMonitor(Callback):
 
     Example::
 
-        from lit_nnopt.callbacks import GradientNormMonitor
-        trainer = Trainer(callbacks=[GradientNormMonitor(every_n_steps=100)])
+        >>> import lightning.pytorch as pl
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> from lit_nnopt.callbacks import GradientNormMonitor
+        >>> trainer = pl.Trainer(max_steps=2, callbacks=[GradientNormMonitor(every_n_steps=1)], limit_val_batches=0,
+        ...     logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(BoringModel())
+        >>> sorted(name for name in trainer.callback_metrics if name.startswith("grad_"))
+        ['grad_2.0_norm/layer.bias', 'grad_2.0_norm/layer.weight', 'grad_2.0_norm_total']
     """
 
     def __init__(self, every_n_steps: int | None = None, norm_type: float = 2.0, per_layer: bool = True) -> None:
@@ -45,6 +51,7 @@ class GradientNormMonitor(Callback):
         self.norm_type = float(norm_type)
         self.per_layer = per_layer
 
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
@@ -61,5 +68,8 @@ class GradientNormMonitor(Callback):
         if not norms:
             return
         total = torch.linalg.vector_norm(torch.stack(list(norms.values())), self.norm_type)
-        logged = {**(norms if self.per_layer else {}), f"grad_{self.norm_type}_norm_total": total}
+        total_name = f"grad_{self.norm_type}_norm_total"
+        if len(trainer.optimizers) > 1:
+            total_name += f"/optimizer_{trainer.optimizers.index(optimizer)}"
+        logged = {**(norms if self.per_layer else {}), total_name: total}
         pl_module.log_dict(logged, on_step=True, on_epoch=False, batch_size=1)

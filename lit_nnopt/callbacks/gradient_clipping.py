@@ -15,6 +15,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
+from typing_extensions import override
 
 _MODES = ("norm", "per_tensor_norm", "value", "agc", "autoclip")
 _ON_NONFINITE = ("skip", "raise")
@@ -96,9 +97,12 @@ class GradientClipping(Callback):
       ``autoclip_percentile``-th percentile of the global norms seen so far (this step's
       included), as ``numpy.percentile``. The history is kept per optimizer and checkpointed.
 
-    It runs in ``on_before_optimizer_step``, once per optimizer step (so after all the
-    micro-batches of gradient accumulation), and, under mixed precision with a gradient scaler,
-    after Lightning has unscaled the gradients. Under DDP the gradients are already averaged
+    It clips once per optimizer step (so after all the micro-batches of gradient accumulation),
+    where ``Trainer(gradient_clip_val=...)`` does: after every ``on_before_optimizer_step`` hook,
+    the callbacks' and then the module's, which therefore see the gradients before clipping, as
+    Lightning documents; under mixed precision with a gradient scaler, after Lightning has
+    unscaled them. (For that, while fit runs, the module's ``on_before_optimizer_step`` is
+    wrapped, on the instance, in one that clips after it; fit's end unwraps it.) Under DDP the gradients are already averaged
     over ranks there, so every rank clips alike. Strategies that shard gradients (FSDP,
     DeepSpeed) are refused: a rank would see only its shard's norm.
 
@@ -110,7 +114,8 @@ class GradientClipping(Callback):
 
     Logged each step (``log_norms=True``): ``grad_clip/norm_before``, ``grad_clip/norm_after``,
     ``grad_clip/threshold`` (autoclip), and per epoch ``grad_clip/clipped``, the fraction of
-    steps in which anything was clipped. Counters: ``steps``, ``clipped_steps``,
+    steps in which anything was clipped. With several optimizers each key ends in
+    ``/optimizer_<index>``. Counters (all optimizers together): ``steps``, ``clipped_steps``,
     ``nonfinite_steps``.
 
     Args:
@@ -177,6 +182,7 @@ class GradientClipping(Callback):
         self.clipped_steps = 0
         self.nonfinite_steps = 0
         self._histories: dict[int, _NormHistory] = {}
+        self._wrapped: tuple[pl.LightningModule, Any] | None = None
 
     @property
     def state_key(self) -> str:
@@ -188,6 +194,7 @@ class GradientClipping(Callback):
         finite_steps = self.steps - self.nonfinite_steps
         return self.clipped_steps / finite_steps if finite_steps else 0.0
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -203,7 +210,36 @@ class GradientClipping(Callback):
                 " so each rank would clip by the norm of its own shard. Use the strategy's own clipping."
             )
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_agc_exclude(pl_module)
+        module_hook = pl_module.on_before_optimizer_step
+
+        def on_before_optimizer_step(optimizer: Optimizer) -> None:
+            module_hook(optimizer)
+            self.clip_gradients(trainer, pl_module, optimizer)
+
+        self._wrapped = (pl_module, pl_module.__dict__.get("on_before_optimizer_step"))
+        pl_module.on_before_optimizer_step = on_before_optimizer_step
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._unwrap()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._unwrap()
+
+    def _unwrap(self) -> None:
+        if self._wrapped is None:
+            return
+        (pl_module, previous), self._wrapped = self._wrapped, None
+        if previous is None:
+            del pl_module.on_before_optimizer_step
+        else:
+            pl_module.on_before_optimizer_step = previous
+
+    def _check_agc_exclude(self, pl_module: pl.LightningModule) -> None:
         names = [name for name, _ in pl_module.named_parameters()]
         unmatched = [p for p in self.agc_exclude if not any(fnmatch.fnmatchcase(name, p) for name in names)]
         if unmatched:
@@ -213,9 +249,8 @@ class GradientClipping(Callback):
                 f" (fnmatch syntax: `{names[0].rpartition('.')[0]}.*` names the first layer's parameters)."
             )
 
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
-    ) -> None:
+    def clip_gradients(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer) -> None:
+        """Clip the gradients of ``optimizer``'s parameters in place, count and log; called before each step."""
         _check_unscaled(trainer, optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
@@ -229,10 +264,11 @@ class GradientClipping(Callback):
         clipped = self._clip(trainer, pl_module, optimizer, params, before)
         self.clipped_steps += int(clipped)
         if self.log_norms:
-            pl_module.log("grad_clip/norm_before", before, on_step=True, on_epoch=False, batch_size=1)
+            name = _metric_names(trainer, optimizer)
+            pl_module.log(name("norm_before"), before, on_step=True, on_epoch=False, batch_size=1)
             after = total_norm(grads) if clipped else before
-            pl_module.log("grad_clip/norm_after", after, on_step=True, on_epoch=False, batch_size=1)
-            pl_module.log("grad_clip/clipped", float(clipped), on_step=False, on_epoch=True, batch_size=1)
+            pl_module.log(name("norm_after"), after, on_step=True, on_epoch=False, batch_size=1)
+            pl_module.log(name("clipped"), float(clipped), on_step=False, on_epoch=True, batch_size=1)
 
     def _clip(
         self,
@@ -258,7 +294,7 @@ class GradientClipping(Callback):
             return self._agc(pl_module, params)
         threshold = self._autoclip_threshold(trainer, optimizer, norm)
         if self.log_norms:
-            pl_module.log("grad_clip/threshold", threshold, on_step=True, on_epoch=False, batch_size=1)
+            pl_module.log(_metric_names(trainer, optimizer)("threshold"), threshold, on_step=True, on_epoch=False, batch_size=1)
         return _scale_to_norm(grads, norm, threshold)
 
     def _agc(self, pl_module: pl.LightningModule, params: list[Tensor]) -> bool:
@@ -300,6 +336,7 @@ class GradientClipping(Callback):
                 "grad_clip/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False, batch_size=1
             )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
@@ -308,6 +345,7 @@ class GradientClipping(Callback):
             "autoclip_histories": {index: list(history.order) for index, history in self._histories.items()},
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps = state_dict.get("steps", 0)
         self.clipped_steps = state_dict.get("clipped_steps", 0)
@@ -316,6 +354,13 @@ class GradientClipping(Callback):
         self._histories = {
             int(index): _NormHistory(self.autoclip_history, values) for index, values in histories.items()
         }
+
+
+def _metric_names(trainer: pl.Trainer, optimizer: Optimizer):
+    """``grad_clip/<key>``, with ``/optimizer_<index>`` appended when there are several optimizers."""
+    several = len(trainer.optimizers) > 1
+    suffix = f"/optimizer_{trainer.optimizers.index(optimizer)}" if several else ""
+    return lambda key: f"grad_clip/{key}{suffix}"
 
 
 def _scale_to_norm(grads: list[Tensor], norm: Tensor, max_norm: float) -> bool:

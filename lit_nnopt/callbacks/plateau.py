@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
-import math
+import logging
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+from typing_extensions import override
 
-from lit_nnopt.callbacks._shared import check_lr_schedulers, infer_mode, mean_over_ranks, scale_lr
+from lit_nnopt.callbacks._shared import check_lr_schedulers, scale_lr
+from lit_nnopt.callbacks.monitor import MonitorMixin, resolve_check_on_train_epoch_end, resolve_mode
 
-_MODES = ("auto", "min", "max")
+log = logging.getLogger(__name__)
+
 _MIN_DELTA_MODES = ("absolute", "relative")
 
 
-class ReduceLROnPlateau(Callback):
+class ReduceLROnPlateau(MonitorMixin, Callback):
     """Multiply the learning rate by ``factor`` when a metric has not improved for ``patience`` checks.
 
-    Keras' semantics and argument names. The metric is read after each validation run (at the
-    end of each training epoch when there is no validation), averaged over DDP ranks so every
-    rank takes the same decision, and the lr of every parameter group of every optimizer is
-    reduced. Each reduction is logged (epoch, old and new lr) and kept in ``reductions``.
+    Keras' semantics and argument names, with the improvement test, ``mode="auto"`` and the
+    defaults of :class:`~lit_nnopt.callbacks.EarlyStopping`. The metric is read where Lightning's
+    EarlyStopping reads it (see ``check_on_train_epoch_end``), in its own dtype and the same on
+    every DDP rank, and the lr of every parameter group of every optimizer is reduced. Each
+    reduction is kept in ``reductions`` (and logged with ``verbose``).
 
     With an LR scheduler on the same optimizer, a reduction scales the schedule: the scheduler's
     ``base_lrs`` are multiplied by the same ratio as the group's lr, so StepLR, MultiStepLR,
@@ -37,9 +43,10 @@ class ReduceLROnPlateau(Callback):
         monitor: the metric to watch.
         factor: ``new_lr = lr * factor``, in (0, 1).
         patience: checks without improvement after which the lr is reduced.
-        mode: ``"min"``, ``"max"``, or ``"auto"`` to infer it from the metric's name
-            (``loss``, ``error``, ... -> min; ``acc``, ``auc``, ``f1``, ... -> max).
-        min_delta: the smallest change that counts as an improvement.
+        mode: ``"min"``, ``"max"``, or ``"auto"``: from the metric's name (``loss``, ``error``,
+            ... -> min; ``acc``, ``auc``, ``f1``, ... -> max), ``"min"`` with a warning when the
+            name does not tell.
+        min_delta: a change of at most this is not an improvement (Keras' default is 1e-4).
         min_delta_mode: ``"absolute"`` (Keras): improve on the best by more than ``min_delta``;
             ``"relative"``: by more than ``min_delta * |best|``.
         cooldown: as Keras: after a reduction, the counter of checks without improvement stays
@@ -48,17 +55,34 @@ class ReduceLROnPlateau(Callback):
         min_lr: lower bound of the lr; one float for all parameter groups or a list with one
             per group (groups of the first optimizer first). A group at its bound is left as is.
         verbose: log each reduction.
+        strict: fail when ``monitor`` is not among the logged metrics; else skip that check.
+        check_on_train_epoch_end: check at the end of the training epoch (``True``), when the
+            epoch's training aggregates are known, or after each validation (``False``).
+            ``None`` picks as Lightning's EarlyStopping: at the epoch's end when validation runs
+            once per epoch; always at the epoch's end without validation.
 
     Raises:
-        ValueError: for an argument out of range, or ``mode="auto"`` with a metric name that
-            does not tell the direction.
-        MisconfigurationException: when fit starts, if ``min_lr`` has the wrong length or the
-            optimizer has a scheduler that would undo the reductions.
+        ValueError: for an argument out of range.
+        MisconfigurationException: for an unknown ``mode``; when fit starts, if ``min_lr`` has
+            the wrong length or the optimizer has a scheduler that would undo the reductions.
 
     Example::
 
-        from lit_nnopt.callbacks import ReduceLROnPlateau
-        trainer = Trainer(callbacks=[ReduceLROnPlateau("val_loss", factor=0.5, patience=3)])
+        >>> import lightning.pytorch as pl
+        >>> import torch
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> from lit_nnopt.callbacks import ReduceLROnPlateau
+        >>> class ScriptedLoss(BoringModel):
+        ...     def on_validation_epoch_end(self):
+        ...         self.log("val_loss", [0.9, 0.8, 0.85, 0.86][self.current_epoch])
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD(self.parameters(), lr=0.1)
+        >>> plateau = ReduceLROnPlateau("val_loss", factor=0.5, patience=2)
+        >>> trainer = pl.Trainer(max_epochs=4, callbacks=[plateau], limit_train_batches=2, limit_val_batches=1,
+        ...     logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(ScriptedLoss())
+        >>> [(r["epoch"], r["old_lr"], r["new_lr"]) for r in plateau.reductions]
+        [(3, 0.1, 0.05)]
     """
 
     def __init__(
@@ -67,14 +91,14 @@ class ReduceLROnPlateau(Callback):
         factor: float = 0.1,
         patience: int = 10,
         mode: Literal["auto", "min", "max"] = "auto",
-        min_delta: float = 1e-4,
+        min_delta: float = 0.0,
         min_delta_mode: Literal["absolute", "relative"] = "absolute",
         cooldown: int = 0,
         min_lr: float | list[float] = 0.0,
-        verbose: bool = True,
+        verbose: bool = False,
+        strict: bool = True,
+        check_on_train_epoch_end: bool | None = None,
     ) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"`mode` can be {', '.join(_MODES)}, got {mode!r}.")
         if min_delta_mode not in _MIN_DELTA_MODES:
             raise ValueError(f"`min_delta_mode` can be {', '.join(_MIN_DELTA_MODES)}, got {min_delta_mode!r}.")
         if not 0.0 < factor < 1.0:
@@ -86,48 +110,58 @@ class ReduceLROnPlateau(Callback):
         if any(floor < 0 for floor in floors):
             raise ValueError(f"`min_lr` must be >= 0, got {min_lr}.")
         self.monitor = monitor
+        self.mode = resolve_mode(monitor, mode, "ReduceLROnPlateau")
+        self.min_delta = min_delta if self.mode == "max" else -min_delta  # signed, as Lightning and Keras
         self.factor = factor
         self.patience = patience
-        self.mode = infer_mode(monitor, "ReduceLROnPlateau") if mode == "auto" else mode
-        self.min_delta = min_delta
         self.min_delta_mode = min_delta_mode
         self.cooldown = cooldown
         self.min_lr = min_lr
         self.verbose = verbose
-        self.best: float | None = None
+        self.strict = strict
+        self._check_on_train_epoch_end = check_on_train_epoch_end
+        self.best_score = self._initial_best()
         self.wait = 0
         self.cooldown_counter = 0
         self.reductions: list[dict[str, Any]] = []
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(monitor=self.monitor, mode=self.mode)
 
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._check_on_train_epoch_end = resolve_check_on_train_epoch_end(trainer, self._check_on_train_epoch_end)
+
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         check_lr_schedulers(trainer, "ReduceLROnPlateau")
         self._floors(trainer)
 
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (self._check_on_train_epoch_end or not trainer.enable_validation) and not self._skip(trainer):
             self._check(trainer)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.enable_validation:
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._check_on_train_epoch_end and not self._skip(trainer):
             self._check(trainer)
+
+    @staticmethod
+    def _skip(trainer: pl.Trainer) -> bool:
+        return trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking
 
     def _check(self, trainer: pl.Trainer) -> None:
-        logs = trainer.callback_metrics
-        if self.monitor not in logs:
-            raise RuntimeError(
-                f"ReduceLROnPlateau monitors `{self.monitor}`, which was not logged. Logged metrics:"
-                f" {', '.join(sorted(logs)) or 'none'}. Pass one of them as `monitor`."
-            )
-        current = mean_over_ranks(trainer, logs[self.monitor]).item()
+        current = self._monitored_value(trainer)
+        if current is None:
+            return
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
-        if self._is_improvement(current):
-            self.best = current
+        if self._is_improvement(current, self.best_score):
+            self.best_score = current
             self.wait = 0
         elif self.cooldown_counter == 0:
             self.wait += 1
@@ -135,13 +169,9 @@ class ReduceLROnPlateau(Callback):
                 self.cooldown_counter = self.cooldown
                 self.wait = 0
 
-    def _is_improvement(self, current: float) -> bool:
-        if not math.isfinite(current):
-            return False
-        if self.best is None:
-            return True
-        delta = self.min_delta * (abs(self.best) if self.min_delta_mode == "relative" else 1.0)
-        return current < self.best - delta if self.mode == "min" else current > self.best + delta
+    @override
+    def _delta(self, reference: Tensor) -> float | Tensor:
+        return self.min_delta * reference.abs() if self.min_delta_mode == "relative" else self.min_delta
 
     def _reduce(self, trainer: pl.Trainer) -> bool:
         """Reduce every group's lr not yet at its floor; whether any was reduced."""
@@ -162,9 +192,9 @@ class ReduceLROnPlateau(Callback):
         self.reductions.append(
             {"epoch": epoch, "optimizer": opt_index, "group": group_index, "old_lr": old_lr, "new_lr": new_lr}
         )
-        if self.verbose:
-            best = "" if self.best is None else f" on {self.best:.6g}"
-            rank_zero_info(
+        if self.verbose and rank_zero_only.rank == 0:
+            best = f" on {self.best_score.item():.6g}" if torch.isfinite(self.best_score) else ""
+            log.info(
                 f"Epoch {epoch}: ReduceLROnPlateau reduced the lr of optimizer {opt_index} group {group_index}"
                 f" from {old_lr:.6g} to {new_lr:.6g}: {self.monitor} did not improve{best} in {self.wait} checks."
             )
@@ -181,16 +211,19 @@ class ReduceLROnPlateau(Callback):
             )
         return [float(floor) for floor in self.min_lr]
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "best": self.best,
+            "best_score": self.best_score,
             "wait": self.wait,
             "cooldown_counter": self.cooldown_counter,
             "reductions": [dict(reduction) for reduction in self.reductions],
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = state_dict.get("best")
+        best = state_dict.get("best_score", state_dict.get("best"))  # "best", a float or None, in older checkpoints
+        self.best_score = self._initial_best() if best is None else torch.as_tensor(best)
         self.wait = state_dict.get("wait", 0)
         self.cooldown_counter = state_dict.get("cooldown_counter", 0)
         self.reductions = [dict(reduction) for reduction in state_dict.get("reductions", [])]
