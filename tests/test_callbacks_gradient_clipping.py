@@ -31,7 +31,7 @@ def clip(callback: GradientClipping, module: nn.Module, step: int = 0) -> torch.
     optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
     trainer = ScriptedTrainer(module, optimizers=[optimizer])
     trainer.global_step = step
-    callback.on_before_optimizer_step(trainer, module, optimizer)
+    callback.clip_gradients(trainer, module, optimizer)
     return optimizer
 
 
@@ -126,7 +126,7 @@ def test_autoclip_clips_at_the_percentile_of_the_norm_history():
     history, after = [], []
     for norm in [1.0, 4.0, 2.0, 8.0]:
         net.weight.grad, net.bias.grad = torch.tensor([norm]), torch.tensor([0.0])
-        callback.on_before_optimizer_step(trainer, net, optimizer)
+        callback.clip_gradients(trainer, net, optimizer)
         history.append(norm)
         after.append(net.weight.grad.item())
         # The threshold is numpy's percentile over all norms so far, this one included.
@@ -142,11 +142,11 @@ def test_autoclip_history_window_and_state_round_trip():
     trainer = ScriptedTrainer(net, optimizers=[optimizer])
     for norm in [1.0, 4.0, 2.0]:
         net.weight.grad, net.bias.grad = torch.tensor([norm]), torch.tensor([0.0])
-        callback.on_before_optimizer_step(trainer, net, optimizer)
+        callback.clip_gradients(trainer, net, optimizer)
     resumed = quiet(mode="autoclip", autoclip_percentile=50, autoclip_history=2)
     resumed.load_state_dict(callback.state_dict())
     net.weight.grad, net.bias.grad = torch.tensor([8.0]), torch.tensor([0.0])
-    resumed.on_before_optimizer_step(trainer, net, optimizer)
+    resumed.clip_gradients(trainer, net, optimizer)
     # The window holds the last two norms, 2 and 8: the median is 5.
     assert net.weight.grad.item() == pytest.approx(5.0, rel=1e-5)
     assert (resumed.steps, resumed.clipped_steps) == (4, 2)

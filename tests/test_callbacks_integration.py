@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -13,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lit_nnopt import MNISTClassifier
 from lit_nnopt.callbacks import EarlyStopping, GradientClipping, GradientNormMonitor, NaNGuard, ReduceLROnPlateau
 from lit_nnopt.reports import stop_reason
-from tests.test_callbacks_support import ScriptedMetricModel, quiet_trainer
+from tests.test_callbacks_support import ScriptedMetricModel, capture_logs, quiet_trainer
 
 
 class WeightsAtValidation(Callback):
@@ -43,7 +45,7 @@ def test_foreign_module_with_a_scheduler(tmp_path):
     ]
     assert trainer.lr_scheduler_configs[0].scheduler.base_lrs == [pytest.approx(0.01)]
     assert (stopper.stopped_epoch, stopper.best_epoch) == (4, 1)
-    assert stop_reason(trainer) == "early stopping at epoch 4: val_loss did not improve in 3 checks (patience 3)"
+    assert stop_reason(trainer).startswith("early stopping at epoch 4: Monitored metric val_loss did not improve")
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, weights.by_epoch[1][name])
     assert clipping.steps == 5 * 4 and clipping.clipped_fraction == 1.0
@@ -124,14 +126,13 @@ class NaNLossModel(BoringModel):
         return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
 
 
-def test_nan_guard_rolls_back_skips_and_cuts_the_lr(tmp_path):
-    guard = NaNGuard(action="rollback", lr_factor=0.5)
+def test_nan_guard_rolls_back_skips_and_cuts_the_lr(tmp_path, monkeypatch, caplog):
+    logs = capture_logs(monkeypatch, caplog)
+    guard = NaNGuard(action="rollback", lr_factor=0.5, snapshot_every_n_steps=1)
     model = NaNLossModel(nan_steps={3})
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=6, callbacks=[guard])
-    with pytest.warns(
-        UserWarning, match="non-finite loss at step 3 .*rolled back to the weights and optimizer state before step 2"
-    ):
-        trainer.fit(model)
+    trainer.fit(model)
+    assert re.search("non-finite loss at step 3 .*rolled back to the weights and optimizer state before step 2", logs.text)
     # Batch 3's loss is NaN: its step is skipped and step 2 (taken from weights that had a finite
     # loss, but leading to ones that did not) is undone, so batch 4 starts where batch 2 did.
     for name, tensor in model.at_batch_start[4].items():
@@ -142,24 +143,26 @@ def test_nan_guard_rolls_back_skips_and_cuts_the_lr(tmp_path):
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05)
 
 
-def test_nan_guard_stops_with_a_checkpoint_of_the_last_good_state(tmp_path):
-    guard = NaNGuard(action="stop")
+def test_nan_guard_stops_with_a_checkpoint_of_the_last_good_state(tmp_path, monkeypatch, caplog):
+    logs = capture_logs(monkeypatch, caplog)
+    guard = NaNGuard(action="stop", snapshot_every_n_steps=1)
     model = NaNLossModel(nan_steps={3})
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=6, callbacks=[guard])
-    with pytest.warns(UserWarning, match="NaNGuard: stopping: non-finite loss at step 3"):
-        trainer.fit(model)
+    trainer.fit(model)
+    assert "NaNGuard: stopping: non-finite loss at step 3" in logs.text
     assert trainer.global_step == 4 and guard.skipped_steps == 1
     saved = torch.load(guard.last_good_checkpoint_path, weights_only=False)["state_dict"]
     for name, tensor in saved.items():
         assert torch.equal(tensor, model.at_batch_start[2][name])
-    assert guard.stop_reason_message.endswith(f"saved to {guard.last_good_checkpoint_path}")
+    assert guard.stopping_reason_message.endswith(f"saved to {guard.last_good_checkpoint_path}")
 
 
-def test_nan_guard_stops_after_max_retries_in_a_row(tmp_path):
-    guard = NaNGuard(action="rollback", max_retries=2)
+def test_nan_guard_stops_after_max_retries_in_a_row(tmp_path, monkeypatch, caplog):
+    logs = capture_logs(monkeypatch, caplog)
+    guard = NaNGuard(action="rollback", max_retries=2, snapshot_every_n_steps=1)
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=10, callbacks=[guard])
-    with pytest.warns(UserWarning, match="after 2 rollbacks in a row"):
-        trainer.fit(NaNLossModel(nan_steps={3, 4, 5, 6, 7}))
+    trainer.fit(NaNLossModel(nan_steps={3, 4, 5, 6, 7}))
+    assert "after 2 rollbacks in a row" in logs.text
     assert (guard.rollbacks, guard.skipped_steps, trainer.global_step) == (2, 3, 6)
 
 

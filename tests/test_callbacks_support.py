@@ -125,10 +125,9 @@ def quiet_trainer(tmp_path, **kwargs) -> pl.Trainer:
     return pl.Trainer(**{**defaults, **kwargs})
 
 
-def capture_lightning_logs(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> pytest.LogCaptureFixture:
-    """Capture what Lightning's ``rank_zero_info`` logs (Lightning's logger may not propagate to pytest's)."""
-    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
-    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+def capture_logs(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Capture what Lightning and lit_nnopt's callbacks log (their loggers may not propagate to pytest's)."""
+    for name in ("lightning.pytorch", "lit_nnopt.callbacks"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+        caplog.set_level(logging.INFO, logger=name)
     return caplog

@@ -141,8 +141,15 @@ class GradientClipping(Callback):
 
     Example::
 
-        from lit_nnopt.callbacks import GradientClipping
-        trainer = Trainer(callbacks=[GradientClipping(mode="agc", agc_exclude=["net.layers.4.*"])])
+        >>> import lightning.pytorch as pl
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> from lit_nnopt.callbacks import GradientClipping
+        >>> clipping = GradientClipping(mode="norm", max_norm=0.01)
+        >>> trainer = pl.Trainer(max_steps=3, callbacks=[clipping], limit_val_batches=0,
+        ...     logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(BoringModel())
+        >>> clipping.steps, clipping.clipped_fraction, round(trainer.callback_metrics["grad_clip/norm_after"].item(), 4)
+        (3, 1.0, 0.01)
     """
 
     def __init__(

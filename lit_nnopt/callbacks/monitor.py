@@ -34,7 +34,7 @@ def resolve_mode(monitor: str, mode: str, owner: str) -> str:
         MisconfigurationException: if ``mode`` is not one of auto, min, max.
     """
     if mode not in MODES:
-        raise MisconfigurationException(f"`mode` can be {', '.join(MODES)}, got {mode!r}.")
+        raise MisconfigurationException(f"`mode` can be {', '.join(MODES)}, got {mode}.")
     if mode != "auto":
         return mode
     words = set(re.split(r"[^a-z0-9]+", monitor.lower()))

@@ -69,8 +69,19 @@ class NaNGuard(Callback):
 
     Example::
 
-        from lit_nnopt.callbacks import NaNGuard
-        trainer = Trainer(callbacks=[NaNGuard(action="rollback", lr_factor=0.5, max_retries=3)])
+        >>> import lightning.pytorch as pl
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> from lit_nnopt.callbacks import NaNGuard
+        >>> class NaNAtStep2(BoringModel):
+        ...     def training_step(self, batch, batch_idx):
+        ...         loss = super().training_step(batch, batch_idx)["loss"]
+        ...         return loss * float("nan") if self.global_step == 2 else loss
+        >>> guard = NaNGuard(action="rollback", lr_factor=0.5, snapshot_every_n_steps=1)
+        >>> trainer = pl.Trainer(max_steps=4, callbacks=[guard], limit_val_batches=0,
+        ...     logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(NaNAtStep2())
+        >>> guard.skipped_steps, guard.rollbacks, trainer.optimizers[0].param_groups[0]["lr"]
+        (1, 1, 0.05)
     """
 
     def __init__(
@@ -165,7 +176,7 @@ class NaNGuard(Callback):
         with torch.no_grad():
             for name, tensor in pl_module.state_dict().items():
                 tensor.copy_(self._snapshot["module"][name])
-        for optimizer, state in zip(trainer.optimizers, self._snapshot["optimizers"]):
+        for optimizer, state in zip(trainer.optimizers, self._snapshot["optimizers"], strict=True):
             current = optimizer.state_dict()
             # Keep the current param_groups (lr set by schedulers since the snapshot); only the
             # per-parameter state goes back. Cloned again so later steps do not write into the snapshot.
