@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_nnopt import MLP, BatchLoader, MNISTClassifier
-from lit_nnopt.callbacks import InterruptCheckpoint
+from lit_nnopt.callbacks import EarlyStopping, InterruptCheckpoint
 from lit_nnopt.reports import RunSummary
 from lit_nnopt.resilience import (
     AtomicCheckpointIO,
@@ -303,6 +303,23 @@ def test_a_fit_stopped_mid_epoch_by_sigterm_resumes_to_the_same_weights_and_metr
         assert torch.equal(resumed.state_dict()[name], tensor), name
 
 
+def test_sigterm_with_restore_best_weights_saves_and_resumes_the_state_of_the_signal(tmp_path):
+    # Issue 15, finding 1: EarlyStopping used to load the best epoch's weights in on_exception,
+    # before this checkpoint was written, so it held those weights with the current step.
+    def stopper():
+        return EarlyStopping("val_loss", patience=10, restore_best_weights=True)
+
+    model, history = _tiny_fit(tmp_path / "whole", stopper(), val_batches=2)
+    with pytest.raises(SystemExit) as stop:
+        _tiny_fit(tmp_path / "cut", stopper(), _SignalAt(signal.SIGTERM, step=27), val_batches=2)
+    assert stop.value.code == 143
+    checkpoint = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    resumed, resumed_history = _tiny_fit(tmp_path / "cut", stopper(), val_batches=2, ckpt_path=str(checkpoint))
+    assert resumed_history == history
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
 @pytest.mark.parametrize("grace, epochs_done", [(10.0, [0]), (0.0, [])])
 def test_a_signal_during_validation_waits_for_its_end_at_most_the_grace(tmp_path, grace, epochs_done):
     interrupt = InterruptCheckpoint(validation_grace=grace)
@@ -316,11 +333,12 @@ def test_a_signal_during_validation_waits_for_its_end_at_most_the_grace(tmp_path
     assert [row["epoch"] for row in history] == epochs_done  # the epoch ended, with its validation, or not
 
 
-def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, capfd):
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path, capfd, caplog):
     with pytest.raises(SystemExit) as stop:
         _tiny_fit(tmp_path, _SignalAt(signal.SIGINT, step=5, times=2))
     assert stop.value.code == 1  # Lightning's exit status for a KeyboardInterrupt
-    assert "stopped at once, without a checkpoint" in capfd.readouterr().err
+    # Logged (issue 15): to stderr in a program, to pytest's log capture under pytest.
+    assert "stopped at once, without a checkpoint" in capfd.readouterr().err + caplog.text
     assert not (tmp_path / "checkpoints").exists()
 
 
