@@ -203,3 +203,99 @@ def test_plateau_decides_at_epoch_end_without_validation(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=3, limit_val_batches=0, callbacks=[plateau])
     trainer.fit(LogsTrainLoss())
     assert [r["epoch"] for r in plateau.reductions] == [1, 2]
+
+
+class RaisesAtStep(Callback):
+    """Keeps the module's weights at ``step`` and raises there, as a crash would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            self.weights = {k: v.clone() for k, v in pl_module.state_dict().items()}
+            raise RuntimeError("crash")
+
+
+def test_a_checkpoint_on_exception_holds_the_weights_of_that_moment_not_the_best(tmp_path):
+    # Issue 15, finding 1: EarlyStopping restored the best weights in on_exception, and Lightning
+    # moves ModelCheckpoint last, so its save_on_exception checkpoint held the best epoch's weights.
+    crash = RaisesAtStep(step=14)  # in epoch 3, whose weights are not the best (epoch 1's)
+    stopper = EarlyStopping("val_loss", patience=10, restore_best_weights=True)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="on_exception", save_on_exception=True)
+    trainer = quiet_trainer(tmp_path, max_epochs=5, callbacks=[stopper, crash, checkpoint], enable_checkpointing=True)
+    model = ScriptedMetricModel([1.0, 0.5, 0.6, 0.7, 0.8])
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer.fit(model)
+    assert stopper.best_epoch == 1
+    saved = torch.load(tmp_path / "ckpt" / "on_exception.ckpt", weights_only=True)
+    assert saved["global_step"] == 14
+    for name, tensor in crash.weights.items():
+        assert torch.equal(saved["state_dict"][name], tensor), name
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+class LogsTrainLossWithValidation(BoringModel):
+    """Logs an epoch-level ``train_loss`` from ``training_step`` (1.0, then 2.0: never better) and validates."""
+
+    def training_step(self, batch, batch_idx: int):
+        self.log("train_loss", 1.0 + min(self.current_epoch, 1), on_step=False, on_epoch=True)
+        return self.step(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_plateau_on_a_training_metric_with_validation_decides_at_the_epochs_end(tmp_path):
+    # Issue 15, finding 2: it decided after validation, before Lightning computed train_loss.
+    plateau = ReduceLROnPlateau("train_loss", factor=0.5, patience=1)
+    trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[plateau])
+    trainer.fit(LogsTrainLossWithValidation())
+    assert [(r["epoch"], r["new_lr"]) for r in plateau.reductions] == [(1, 0.05), (2, 0.025)]
+
+
+def test_plateau_after_each_validation_when_asked(tmp_path):
+    plateau = ReduceLROnPlateau("val_loss", factor=0.5, patience=1, check_on_train_epoch_end=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, val_check_interval=2, callbacks=[plateau])
+    trainer.fit(ScriptedMetricModel([1.0, 1.0]))
+    assert [r["epoch"] for r in plateau.reductions] == [0, 1, 1]  # four checks: at batches 2 and 4 of each epoch
+
+
+def test_nan_guard_rolls_back_after_a_resume_as_without_one(tmp_path, monkeypatch, caplog):
+    # Issue 15, finding 6: the snapshot was not in checkpoints, so a NaN at the first step after
+    # a resume found "nothing to roll back to" where the uninterrupted run rolled back.
+    logs = capture_logs(monkeypatch, caplog)
+
+    class WeightsAtStep6(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == 6:  # the batch after the NaN at step 5
+                self.weights = {k: v.clone() for k, v in pl_module.state_dict().items()}
+
+    def run(ckpt_path=None) -> dict[str, torch.Tensor]:
+        guard, after = NaNGuard(action="rollback", snapshot_every_n_steps=2), WeightsAtStep6()
+        saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_train_steps=5, filename="{step}")
+        trainer = quiet_trainer(tmp_path, max_steps=7, callbacks=[guard, after, saver], enable_checkpointing=True)
+        trainer.fit(NaNLossModel(nan_steps={5}), ckpt_path=ckpt_path)
+        return after.weights
+
+    whole = run()
+    resumed = run(ckpt_path=tmp_path / "ckpt" / "step=5.ckpt")
+    assert logs.text.count("rolled back to the weights and optimizer state before step 4") == 2
+    for name, tensor in whole.items():  # both went back to the snapshot taken before step 4
+        assert torch.equal(resumed[name], tensor), name
+
+
+def test_nan_guard_reuses_its_snapshot_buffers(tmp_path):
+    guard = NaNGuard(snapshot_every_n_steps=1)
+    trainer = quiet_trainer(tmp_path, max_steps=3, callbacks=[guard])
+    buffers = []
+
+    class Records(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            buffers.append(guard._snapshot["module"]["layer.weight"].data_ptr())
+
+    trainer.callbacks.append(Records())
+    trainer.fit(NaNLossModel(nan_steps=set()))
+    assert len(buffers) == 3 and len(set(buffers)) == 1
+    assert NaNGuard().snapshot_every_n_steps == 100

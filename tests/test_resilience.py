@@ -272,7 +272,7 @@ class _SignalAt(pl.Callback):
 
 
 def _tiny_fit(root: Path, *callbacks: pl.Callback, ckpt_path: str | None = None, val_batches: int = 0,
-              interrupt: InterruptCheckpoint | None = None):
+              interrupt: InterruptCheckpoint | None = None, before_interrupt: tuple[pl.Callback, ...] = ()):
     pl.seed_everything(3, verbose=False)
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (640, 28, 28), dtype=torch.uint8, generator=generator)
@@ -282,7 +282,7 @@ def _tiny_fit(root: Path, *callbacks: pl.Callback, ckpt_path: str | None = None,
     trainer = pl.Trainer(
         max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, deterministic=True, default_root_dir=root, limit_val_batches=val_batches,
-        num_sanity_val_steps=0, callbacks=[interrupt or InterruptCheckpoint(), summary, *callbacks],
+        num_sanity_val_steps=0, callbacks=[*before_interrupt, interrupt or InterruptCheckpoint(), summary, *callbacks],
     )
     model = _TinyClassifier()
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
@@ -309,12 +309,15 @@ def test_sigterm_with_restore_best_weights_saves_and_resumes_the_state_of_the_si
     def stopper():
         return EarlyStopping("val_loss", patience=10, restore_best_weights=True)
 
-    model, history = _tiny_fit(tmp_path / "whole", stopper(), val_batches=2)
+    # Listed before the interrupt checkpoint, as in the CLI, where the default callbacks come last.
+    model, history = _tiny_fit(tmp_path / "whole", val_batches=2, before_interrupt=(stopper(),))
     with pytest.raises(SystemExit) as stop:
-        _tiny_fit(tmp_path / "cut", stopper(), _SignalAt(signal.SIGTERM, step=27), val_batches=2)
+        _tiny_fit(tmp_path / "cut", _SignalAt(signal.SIGTERM, step=27), val_batches=2, before_interrupt=(stopper(),))
     assert stop.value.code == 143
     checkpoint = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    resumed, resumed_history = _tiny_fit(tmp_path / "cut", stopper(), val_batches=2, ckpt_path=str(checkpoint))
+    resumed, resumed_history = _tiny_fit(
+        tmp_path / "cut", val_batches=2, ckpt_path=str(checkpoint), before_interrupt=(stopper(),)
+    )
     assert resumed_history == history
     for name, tensor in model.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor), name
