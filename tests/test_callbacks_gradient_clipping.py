@@ -246,3 +246,56 @@ def test_agc_exclude_patterns_must_match_a_parameter(tmp_path):
     trainer = quiet_trainer(tmp_path, max_steps=1, callbacks=[GradientClipping(mode="agc", agc_exclude=["head.*"])])
     with pytest.raises(MisconfigurationException, match=r"\['head.\*'\] match no parameter of BoringModel"):
         trainer.fit(BoringModel())
+
+
+class SeesGradientsBeforeClipping(BoringModel):
+    """Keeps the global gradient norm its own ``on_before_optimizer_step`` sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self.seen.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+
+def test_the_modules_hook_sees_the_gradients_before_clipping_as_lightning_documents(tmp_path):
+    # Issue 15, finding 5: callback hooks run before the module's, so it saw clipped gradients.
+    clipping = GradientClipping(mode="norm", max_norm=1e-3)
+    model = SeesGradientsBeforeClipping()
+    trainer = quiet_trainer(tmp_path, max_steps=3, callbacks=[clipping])
+    trainer.fit(model)
+    assert clipping.clipped_steps == 3 and all(norm > 1e-2 for norm in model.seen)
+    assert trainer.callback_metrics["grad_clip/norm_before"].item() == pytest.approx(model.seen[-1], rel=1e-5)
+    assert "on_before_optimizer_step" not in vars(model)  # unwrapped when fit ended
+
+
+class TwoOptimizers(BoringModel):
+    """Manual optimization with two optimizers on two layers, gradients of very different sizes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.other = nn.Linear(32, 2)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        first, second = self.optimizers()
+        for optimizer, layer, scale in ((first, self.layer, 1.0), (second, self.other, 100.0)):
+            optimizer.zero_grad()
+            self.manual_backward(layer(batch).sum() * scale)
+            optimizer.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.layer.parameters(), lr=0.1), torch.optim.SGD(self.other.parameters(), lr=0.1)
+
+
+def test_each_optimizer_logs_under_its_own_keys(tmp_path):
+    # Issue 15, finding 7: both logged grad_clip/norm_before, the second overwriting the first.
+    clipping = GradientClipping(mode="norm", max_norm=1e9)
+    trainer = quiet_trainer(tmp_path, max_steps=2, callbacks=[clipping, GradientNormMonitor(every_n_steps=1)])
+    trainer.fit(TwoOptimizers())
+    metrics = trainer.callback_metrics
+    first, second = metrics["grad_clip/norm_before/optimizer_0"], metrics["grad_clip/norm_before/optimizer_1"]
+    assert second > 10 * first and "grad_clip/norm_before" not in metrics
+    assert {"grad_2.0_norm_total/optimizer_0", "grad_2.0_norm_total/optimizer_1"} <= set(metrics)

@@ -192,6 +192,7 @@ class GradientClipping(Callback):
         self._wrapped: tuple[pl.LightningModule, Any] | None = None
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(mode=self.mode)
 
