@@ -15,6 +15,7 @@ trainer:
         monitor: val_loss
         patience: 5
         restore_best_weights: true
+        verbose: true
     - class_path: lit_nnopt.callbacks.GradientClipping
       init_args:
         mode: agc
@@ -38,6 +39,7 @@ def test_callbacks_from_yaml_and_the_command_line(mnist_dir, tmp_path):
         "--trainer.callbacks.patience", "1",
         "--trainer.callbacks.factor", "0.5",
         "--trainer.callbacks.min_delta", "100",
+        "--trainer.callbacks.verbose", "true",  # the family's default is quiet, as Lightning's and Keras'
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output

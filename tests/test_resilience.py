@@ -441,6 +441,35 @@ def test_sigterm_mid_epoch_then_ckpt_path_last_ends_bitwise_equal_to_an_uninterr
         assert torch.equal(cut_weights[name], tensor), name
 
 
+@pytest.mark.slow  # three runs of the command line, as above
+def test_sigterm_with_restore_best_weights_then_ckpt_path_last_ends_bitwise_equal(mnist_dir, tmp_path):
+    # Issue 15, finding 1: EarlyStopping(restore_best_weights=True) used to put epoch 0's weights
+    # into the interrupt checkpoint of step 40 (in epoch 1), and the resume went on from them.
+    config_path, marker = _config(tmp_path, mnist_dir), tmp_path / "paused"
+    config = yaml.safe_load(config_path.read_text())
+    stopper = {"monitor": "val_loss", "patience": 5, "restore_best_weights": True}
+    config["trainer"]["callbacks"] = [{"class_path": "lit_nnopt.callbacks.EarlyStopping", "init_args": stopper}]
+    config_path.write_text(yaml.safe_dump(config))
+    whole = _start("fit", "--config", str(config_path), "--trainer.default_root_dir", "whole", cwd=tmp_path)
+    cut_args = ["fit", "--config", str(config_path), "--trainer.default_root_dir", "cut"]
+    returncode, stderr = _interrupt(_start(*cut_args, *_pause(marker, step=40), cwd=tmp_path), marker, signal.SIGTERM)
+    assert returncode == 143, stderr[-3000:]
+    saved = torch.load(_run_folder(tmp_path / "cut") / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 40 and saved["epoch"] == 1
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lit_nnopt", *cut_args, "--ckpt_path", "last"],
+        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert whole.wait(timeout=300) == 0, whole.communicate()[1][-3000:]
+    whole_weights, whole_history = _final_state(tmp_path / "whole")
+    cut_weights, cut_history = _final_state(tmp_path / "cut")
+    assert cut_history == whole_history and len(whole_history) == 2
+    for name, tensor in whole_weights.items():
+        assert torch.equal(cut_weights[name], tensor), name
+
+
 def test_ctrl_c_finishes_the_batch_saves_and_exits_130_then_last_continues_the_run(mnist_dir, tmp_path):
     config, marker = _config(tmp_path, mnist_dir), tmp_path / "paused"
     args = ["fit", "--config", str(config), "--trainer.default_root_dir", "runs", "--trainer.max_epochs", "1"]
