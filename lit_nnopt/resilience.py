@@ -27,6 +27,9 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+# Its old home: configs naming `lit_nnopt.resilience.InterruptCheckpoint` still load.
+from lit_nnopt.callbacks.interrupt_checkpoint import InterruptCheckpoint  # noqa: F401
+
 # Config sections that decide whether a checkpoint fits a run: what it trains and on what.
 FINGERPRINT_SECTIONS = ("model", "optimizer", "lr_scheduler", "data")
 # Data options that name where the files are rather than what they are.

@@ -220,3 +220,11 @@ def test_matches_a_transcription_of_keras(seed):
     kwargs = {"factor": 0.5, "patience": patience, "min_delta": 0.25, "cooldown": cooldown, "min_lr": 0.01}
     expected = keras_reduce_lr_on_plateau(values, **kwargs)
     assert lrs_after_each_check(ReduceLROnPlateau(verbose=False, **kwargs), values) == pytest.approx(expected)
+
+
+def test_loads_the_state_of_older_checkpoints():
+    callback = plateau()
+    callback.load_state_dict({"best": 0.5, "wait": 2, "cooldown_counter": 0, "reductions": []})
+    assert callback.best_score.item() == 0.5 and callback.wait == 2
+    callback.load_state_dict({"best": None, "wait": 0})
+    assert callback.best_score.item() == float("inf")

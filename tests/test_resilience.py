@@ -17,12 +17,13 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_nnopt import MLP, BatchLoader, MNISTClassifier
-from lit_nnopt.callbacks import EarlyStopping, InterruptCheckpoint
+from lit_nnopt.callbacks import EarlyStopping, ExactResume, InterruptCheckpoint
 from lit_nnopt.reports import RunSummary
 from lit_nnopt.resilience import (
     AtomicCheckpointIO,
@@ -534,3 +535,25 @@ def test_a_failing_wandb_server_does_not_stop_training(mnist_dir, tmp_path):
     summary = json.loads((_run_folder(tmp_path / "runs") / "summary.json").read_text())
     assert summary["history"][0]["val_acc"] > 0.5
     assert elapsed < 120
+
+
+# -- ExactResume on its own ----------------------------------------------------------------------
+
+
+def test_exact_resume_alone_makes_a_mid_epoch_checkpoint_resume_bitwise(tmp_path):
+    class SaveAtStep13(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == 13:
+                trainer.save_checkpoint(tmp_path / "step13.ckpt")
+
+    model, history = _tiny_fit(tmp_path / "whole", SaveAtStep13(), interrupt=ExactResume())
+    resumed, resumed_history = _tiny_fit(tmp_path / "again", ckpt_path=str(tmp_path / "step13.ckpt"),
+                                         interrupt=ExactResume())
+    assert resumed_history == history
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
+def test_two_exact_resumes_are_refused(tmp_path):
+    with pytest.raises(MisconfigurationException, match="InterruptCheckpoint, ExactResume: each restores"):
+        _tiny_fit(tmp_path, ExactResume())
