@@ -132,7 +132,9 @@ def test_nan_guard_rolls_back_skips_and_cuts_the_lr(tmp_path, monkeypatch, caplo
     model = NaNLossModel(nan_steps={3})
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=6, callbacks=[guard])
     trainer.fit(model)
-    assert re.search("non-finite loss at step 3 .*rolled back to the weights and optimizer state before step 2", logs.text)
+    assert re.search(
+        "non-finite loss at step 3 .*rolled back to the weights and optimizer state before step 2", logs.text
+    )
     # Batch 3's loss is NaN: its step is skipped and step 2 (taken from weights that had a finite
     # loss, but leading to ones that did not) is undone, so batch 4 starts where batch 2 did.
     for name, tensor in model.at_batch_start[4].items():
@@ -185,7 +187,7 @@ def test_resume_gives_the_same_decisions_as_an_uninterrupted_run(tmp_path):
     # Reductions after epochs 3 and 6, the stop at 7: all after the resume point below.
     assert [r["epoch"] for r in whole[1].reductions] == [3, 6] and whole[0].stopped_epoch == 7
     _, resumed_model, resumed = run(ckpt_path=tmp_path / "ckpt" / "epoch=2.ckpt")
-    for whole_callback, resumed_callback in zip(whole, resumed):
+    for whole_callback, resumed_callback in zip(whole, resumed, strict=True):
         assert repr(resumed_callback.state_dict()) == repr(whole_callback.state_dict())
     for name, tensor in whole_model.state_dict().items():
         assert torch.allclose(resumed_model.state_dict()[name], tensor)

@@ -74,8 +74,9 @@ def test_patience_at_the_training_epochs_end(tmp_path, cls, values, patience, st
      (None, 15.9, [9, 4, 2, 16, 32, 64], 3)],
 )  # fmt: skip
 def test_thresholds(tmp_path, cls, stopping_threshold, divergence_threshold, values, stop_epoch):
-    callback = cls(monitor="abc", stopping_threshold=stopping_threshold, divergence_threshold=divergence_threshold,
-                   mode="min")
+    callback = cls(
+        monitor="abc", stopping_threshold=stopping_threshold, divergence_threshold=divergence_threshold, mode="min"
+    )
     trainer = small_trainer(tmp_path, [callback], max_epochs=20)
     trainer.fit(LogsPerEpoch(values + [0.0] * 20, name="abc"))
     assert trainer.current_epoch - 1 == stop_epoch
@@ -92,7 +93,9 @@ def test_a_non_finite_metric_stops(tmp_path, cls, bad):
 
 
 @BOTH
-@pytest.mark.parametrize(("limit_train_batches", "min_epochs", "min_steps", "stop_step"), [(3, 0, 10, 10), (3, 2, 0, 6)])
+@pytest.mark.parametrize(
+    ("limit_train_batches", "min_epochs", "min_steps", "stop_step"), [(3, 0, 10, 10), (3, 2, 0, 6)]
+)
 def test_min_epochs_and_min_steps_delay_the_stop(tmp_path, cls, limit_train_batches, min_epochs, min_steps, stop_step):
     class LogsFoo(BoringModel):
         def training_step(self, batch, batch_idx):
@@ -100,8 +103,14 @@ def test_min_epochs_and_min_steps_delay_the_stop(tmp_path, cls, limit_train_batc
             return super().training_step(batch, batch_idx)
 
     callback = cls("foo", mode="min")
-    trainer = small_trainer(tmp_path, [callback], limit_val_batches=0, limit_train_batches=limit_train_batches,
-                            min_epochs=min_epochs, min_steps=min_steps)
+    trainer = small_trainer(
+        tmp_path,
+        [callback],
+        limit_val_batches=0,
+        limit_train_batches=limit_train_batches,
+        min_epochs=min_epochs,
+        min_steps=min_steps,
+    )
     with mock.patch.object(callback, "_evaluate_stopping_criteria", side_effect=[(True, "")] * 10):
         trainer.fit(LogsFoo())
     assert trainer.should_stop and trainer.global_step == stop_step

@@ -1,4 +1,4 @@
-"""The monitoring family: EarlyStopping and ReduceLROnPlateau read, compare and default alike (issue 15, findings 3, 8)."""
+"""The monitoring family: EarlyStopping and ReduceLROnPlateau read, compare and default alike (issue 15)."""
 
 from __future__ import annotations
 
@@ -58,9 +58,17 @@ def test_the_family_shares_its_defaults():
         parameters = inspect.signature(cls).parameters
         return {name: parameters[name].default for name in ("monitor", "mode", "min_delta", "verbose", "strict")}
 
-    assert defaults(EarlyStopping) == defaults(ReduceLROnPlateau) == {
-        "monitor": "val_loss", "mode": "auto", "min_delta": 0.0, "verbose": False, "strict": True,
-    }
+    assert (
+        defaults(EarlyStopping)
+        == defaults(ReduceLROnPlateau)
+        == {
+            "monitor": "val_loss",
+            "mode": "auto",
+            "min_delta": 0.0,
+            "verbose": False,
+            "strict": True,
+        }
+    )
     assert isinstance(EarlyStopping(), MonitorMixin) and isinstance(ReduceLROnPlateau(), MonitorMixin)
 
 

@@ -84,8 +84,13 @@ def _fake_run(project_dir: Path, run_id: str, config: dict, checkpoint: str = "l
 
 
 def test_ckpt_path_last_finds_the_newest_run_of_the_same_config(tmp_path):
-    adam = {"model": {"net": "mlp"}, "optimizer": {"class_path": "torch.optim.Adam"}, "lr_scheduler": None,
-            "data": {"batch_size": 64, "data_dir": "/a"}, "trainer": {"max_epochs": 5}}
+    adam = {
+        "model": {"net": "mlp"},
+        "optimizer": {"class_path": "torch.optim.Adam"},
+        "lr_scheduler": None,
+        "data": {"batch_size": 64, "data_dir": "/a"},
+        "trainer": {"max_epochs": 5},
+    }
     sgd = {**adam, "optimizer": {"class_path": "torch.optim.SGD"}}
     older = _fake_run(tmp_path, "older", adam)
     newer = _fake_run(tmp_path, "newer", adam, "last-v1.ckpt")
@@ -272,8 +277,14 @@ class _SignalAt(pl.Callback):
             os.kill(os.getpid(), self.signum)
 
 
-def _tiny_fit(root: Path, *callbacks: pl.Callback, ckpt_path: str | None = None, val_batches: int = 0,
-              interrupt: InterruptCheckpoint | None = None, before_interrupt: tuple[pl.Callback, ...] = ()):
+def _tiny_fit(
+    root: Path,
+    *callbacks: pl.Callback,
+    ckpt_path: str | None = None,
+    val_batches: int = 0,
+    interrupt: InterruptCheckpoint | None = None,
+    before_interrupt: tuple[pl.Callback, ...] = (),
+):
     pl.seed_everything(3, verbose=False)
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (640, 28, 28), dtype=torch.uint8, generator=generator)
@@ -281,9 +292,16 @@ def _tiny_fit(root: Path, *callbacks: pl.Callback, ckpt_path: str | None = None,
     val_loader = BatchLoader(images[:128], torch.randint(0, 10, (128,), generator=generator), 32, shuffle=False)
     summary = RunSummary()
     trainer = pl.Trainer(
-        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, deterministic=True, default_root_dir=root, limit_val_batches=val_batches,
-        num_sanity_val_steps=0, callbacks=[*before_interrupt, interrupt or InterruptCheckpoint(), summary, *callbacks],
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        default_root_dir=root,
+        limit_val_batches=val_batches,
+        num_sanity_val_steps=0,
+        callbacks=[*before_interrupt, interrupt or InterruptCheckpoint(), summary, *callbacks],
     )
     model = _TinyClassifier()
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
@@ -358,8 +376,13 @@ def _config(tmp_path: Path, mnist_dir: Path) -> Path:
     config = {
         "seed_everything": 7,
         "trainer": {
-            "max_epochs": 2, "limit_train_batches": 30, "limit_val_batches": 5, "num_sanity_val_steps": 0,
-            "deterministic": True, "enable_progress_bar": False, "enable_model_summary": False,
+            "max_epochs": 2,
+            "limit_train_batches": 30,
+            "limit_val_batches": 5,
+            "num_sanity_val_steps": 0,
+            "deterministic": True,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
             "logger": {"class_path": "lit_nnopt.loggers.AutoWandbLogger", "init_args": {"mode": "disabled"}},
         },
         "model": {"net": {"class_path": "lit_nnopt.MLP", "init_args": {"hidden_sizes": [32], "dropout": 0.3}}},
@@ -375,8 +398,12 @@ def _config(tmp_path: Path, mnist_dir: Path) -> Path:
 def _start(*args: str, cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "lit_nnopt", *args], cwd=cwd, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "lit_nnopt", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -392,8 +419,13 @@ def _interrupt(process: subprocess.Popen, marker: Path, signum: int) -> tuple[in
 
 
 def _pause(marker: Path, step: int) -> list[str]:
-    return ["--trainer.callbacks+=tests.test_resilience.PauseForSignal", "--trainer.callbacks.marker", str(marker),
-            "--trainer.callbacks.step", str(step)]
+    return [
+        "--trainer.callbacks+=tests.test_resilience.PauseForSignal",
+        "--trainer.callbacks.marker",
+        str(marker),
+        "--trainer.callbacks.step",
+        str(step),
+    ]
 
 
 def _run_folder(root: Path) -> Path:
@@ -423,13 +455,19 @@ def test_sigterm_mid_epoch_then_ckpt_path_last_ends_bitwise_equal_to_an_uninterr
     saved = _run_folder(tmp_path / "cut") / "checkpoints" / "last.ckpt"
     assert f"SIGTERM received: stopped at epoch 0, step 20 and saved {saved.relative_to(tmp_path)}" in stderr
     (resume_line,) = [line for line in stderr.splitlines() if line.startswith("Resume with: ")]
-    assert resume_line == f"Resume with: python -m lit_nnopt {' '.join(cut_args)} {' '.join(_pause(marker, step=20))}" \
+    assert (
+        resume_line == f"Resume with: python -m lit_nnopt {' '.join(cut_args)} {' '.join(_pause(marker, step=20))}"
         " --ckpt_path last"
+    )
     assert torch.load(saved, weights_only=True)["global_step"] == 20
 
     resumed = subprocess.run(
         [sys.executable, "-m", "lit_nnopt", *cut_args, "--ckpt_path", "last"],
-        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {saved.relative_to(tmp_path)}" in resumed.stderr
@@ -460,7 +498,11 @@ def test_sigterm_with_restore_best_weights_then_ckpt_path_last_ends_bitwise_equa
 
     resumed = subprocess.run(
         [sys.executable, "-m", "lit_nnopt", *cut_args, "--ckpt_path", "last"],
-        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert whole.wait(timeout=300) == 0, whole.communicate()[1][-3000:]
@@ -482,8 +524,14 @@ def test_ctrl_c_finishes_the_batch_saves_and_exits_130_then_last_continues_the_r
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 5 and set(saved["callbacks"]["InterruptCheckpoint"]) == {"rng", "partial_epoch"}
 
-    resumed = subprocess.run([sys.executable, "-m", "lit_nnopt", *args, "--ckpt_path", "last"],
-                             check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lit_nnopt", *args, "--ckpt_path", "last"],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"lit_nnopt: resuming from {(run / 'checkpoints' / 'last.ckpt').relative_to(tmp_path)}" in resumed.stderr
     assert _run_folder(tmp_path / "runs") == run  # the same folder, not a new run
@@ -515,16 +563,38 @@ def test_a_failing_wandb_server_does_not_stop_training(mnist_dir, tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingWandbServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {
-        **os.environ, "WANDB_MODE": "online", "WANDB_API_KEY": FAKE_KEY, "HOME": str(tmp_path),
-        "WANDB_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}", "PYTHONUNBUFFERED": "1",
+        **os.environ,
+        "WANDB_MODE": "online",
+        "WANDB_API_KEY": FAKE_KEY,
+        "HOME": str(tmp_path),
+        "WANDB_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+        "PYTHONUNBUFFERED": "1",
     }
     try:
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "lit_nnopt", "fit", "--config", str(_config(tmp_path, mnist_dir)),
-             "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.max_epochs", "1",
-             "--trainer.logger.mode", "auto", "--trainer.logger.init_timeout", "5"],
-            check=False, cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+            [
+                sys.executable,
+                "-m",
+                "lit_nnopt",
+                "fit",
+                "--config",
+                str(_config(tmp_path, mnist_dir)),
+                "--trainer.default_root_dir",
+                str(tmp_path / "runs"),
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.logger.mode",
+                "auto",
+                "--trainer.logger.init_timeout",
+                "5",
+            ],
+            check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
         )
         elapsed = time.monotonic() - started
     finally:
@@ -547,8 +617,9 @@ def test_exact_resume_alone_makes_a_mid_epoch_checkpoint_resume_bitwise(tmp_path
                 trainer.save_checkpoint(tmp_path / "step13.ckpt")
 
     model, history = _tiny_fit(tmp_path / "whole", SaveAtStep13(), interrupt=ExactResume())
-    resumed, resumed_history = _tiny_fit(tmp_path / "again", ckpt_path=str(tmp_path / "step13.ckpt"),
-                                         interrupt=ExactResume())
+    resumed, resumed_history = _tiny_fit(
+        tmp_path / "again", ckpt_path=str(tmp_path / "step13.ckpt"), interrupt=ExactResume()
+    )
     assert resumed_history == history
     for name, tensor in model.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor), name

@@ -1,4 +1,4 @@
-"""Lightning's EarlyStopping plus Keras' ``restore_best_weights``, ``start_from_epoch``, ``baseline``, ``mode="auto"``."""
+"""Lightning's EarlyStopping plus four things from Keras: best weights, start epoch, baseline, ``mode="auto"``."""
 
 from __future__ import annotations
 

@@ -98,13 +98,14 @@ class GradientClipping(Callback):
       included), as ``numpy.percentile``. The history is kept per optimizer and checkpointed.
 
     It clips once per optimizer step (so after all the micro-batches of gradient accumulation),
-    where ``Trainer(gradient_clip_val=...)`` does: after every ``on_before_optimizer_step`` hook,
-    the callbacks' and then the module's, which therefore see the gradients before clipping, as
-    Lightning documents; under mixed precision with a gradient scaler, after Lightning has
-    unscaled them. (For that, while fit runs, the module's ``on_before_optimizer_step`` is
-    wrapped, on the instance, in one that clips after it; fit's end unwraps it.) Under DDP the gradients are already averaged
-    over ranks there, so every rank clips alike. Strategies that shard gradients (FSDP,
-    DeepSpeed) are refused: a rank would see only its shard's norm.
+    where ``Trainer(gradient_clip_val=...)`` does: after every ``on_before_optimizer_step``
+    hook, the callbacks' and then the module's, which therefore see the gradients before
+    clipping, as Lightning documents; under mixed precision with a gradient scaler, after
+    Lightning has unscaled them. (For that, while fit runs, the module's
+    ``on_before_optimizer_step`` is wrapped, on the instance, in one that clips after it; fit's
+    end unwraps it.) Under DDP the gradients are already averaged over ranks there, so every
+    rank clips alike. Strategies that shard gradients (FSDP, DeepSpeed) are refused: a rank
+    would see only its shard's norm.
 
     A non-finite gradient norm either skips the step (the gradients are dropped, so the
     optimizer leaves the weights and its state alone) and counts it in ``nonfinite_steps``, or
@@ -302,7 +303,8 @@ class GradientClipping(Callback):
             return self._agc(pl_module, params)
         threshold = self._autoclip_threshold(trainer, optimizer, norm)
         if self.log_norms:
-            pl_module.log(_metric_names(trainer, optimizer)("threshold"), threshold, on_step=True, on_epoch=False, batch_size=1)
+            name = _metric_names(trainer, optimizer)("threshold")
+            pl_module.log(name, threshold, on_step=True, on_epoch=False, batch_size=1)
         return _scale_to_norm(grads, norm, threshold)
 
     def _agc(self, pl_module: pl.LightningModule, params: list[Tensor]) -> bool:

@@ -138,7 +138,8 @@ class InterruptCheckpoint(ExactResume):
         if trainer is not None and trainer.validating and self.validation_grace > 0:
             if self._deferred_since is None:
                 self._deferred_since = time.monotonic()
-                _rank_zero_warning(f"lit_nnopt: stopping when this validation ends (in {self.validation_grace:g} s at most).")
+                grace = f"{self.validation_grace:g}"
+                _rank_zero_warning(f"lit_nnopt: stopping when this validation ends (in {grace} s at most).")
             return
         self._raise_flag(frame)
 
@@ -183,9 +184,8 @@ class InterruptCheckpoint(ExactResume):
         elif isinstance(exception, KeyboardInterrupt):
             # It may have landed inside an optimizer step: that state is not worth saving.
             last = getattr(trainer.checkpoint_callback, "last_model_path", "")
-            _rank_zero_warning(
-                "lit_nnopt: stopped at once, without a checkpoint" + (f"; the last one saved is {last}." if last else ".")
-            )
+            saved = f"; the last one saved is {last}." if last else "."
+            _rank_zero_warning(f"lit_nnopt: stopped at once, without a checkpoint{saved}")
 
     def _save_and_explain(self, trainer: pl.Trainer, signal_name: str) -> None:
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
