@@ -64,9 +64,7 @@ def fenced_blocks(path: Path) -> list[Snippet]:
         if not opening or not opening["language"]:
             index += 1
             continue
-        end = next(
-            (k for k in range(index + 1, len(lines)) if lines[k].strip() == "```"), None
-        )
+        end = next((k for k in range(index + 1, len(lines)) if lines[k].strip() == "```"), None)
         assert end is not None, f"{path.relative_to(REPO)}:{index + 1}: a code fence is never closed"
         above = lines[index - 1] if index > 0 else ""
         skip = SKIP.match(above)
@@ -81,7 +79,9 @@ ALL_BLOCKS = [block for path in DOC_FILES for block in fenced_blocks(path)]
 
 def _params(language: str) -> list[Any]:
     return [
-        pytest.param(block, id=block.name, marks=[pytest.mark.skip(reason=block.skip_reason)] if block.skip_reason else [])
+        pytest.param(
+            block, id=block.name, marks=[pytest.mark.skip(reason=block.skip_reason)] if block.skip_reason else []
+        )
         for block in ALL_BLOCKS
         if block.language == language
     ]
@@ -165,7 +165,9 @@ def test_snippets_are_found_and_skips_are_few() -> None:
 def reference_entries() -> list[str]:
     """The dotted paths of the ``::: path`` entries of docs/reference/."""
     return [
-        match[1] for page in sorted(REFERENCE.glob("*.md")) for match in re.finditer(r"^:::\s*(\S+)", page.read_text(), re.M)
+        match[1]
+        for page in sorted(REFERENCE.glob("*.md"))
+        for match in re.finditer(r"^:::\s*(\S+)", page.read_text(), re.M)
     ]
 
 
@@ -183,10 +185,10 @@ def docstring_examples() -> list[Any]:
     """The ``Example::`` blocks of the docstrings of every object in the API reference."""
     examples = []
     for entry in reference_entries():
-        docstring = inspect.getdoc(resolve(entry)) or ""
-        if resolve(entry).__module__.split(".")[0] != "lit_nnopt":
+        documented = resolve(entry)
+        if documented.__module__.split(".")[0] != "lit_nnopt":
             continue  # re-exported from Lightning: its examples are Lightning's to test
-        lines = docstring.splitlines()
+        lines = (inspect.getdoc(documented) or "").splitlines()
         for index, line in enumerate(lines):
             if line.strip() in ("Example::", "Examples::"):
                 body = []
@@ -219,7 +221,12 @@ def test_docstring_example(
 
         monkeypatch.chdir(tmp_path)
         # What the examples take as given: a Trainer, torch, and a model to optimize.
-        namespace = {"Trainer": pl.Trainer, "torch": torch, "model": torch.nn.Linear(4, 2), entry.rsplit(".", 1)[1]: resolve(entry)}
+        namespace = {
+            "Trainer": pl.Trainer,
+            "torch": torch,
+            "model": torch.nn.Linear(4, 2),
+            entry.rsplit(".", 1)[1]: resolve(entry),
+        }
         exec(compile(example, f"{entry} docstring", "exec"), namespace)
 
 
@@ -232,7 +239,11 @@ def _yaml_or_none(text: str) -> Any:
 
 def test_docstring_examples_are_found() -> None:
     found = {param.values[0] for param in docstring_examples()}
-    assert {"lit_nnopt.callbacks.EarlyStopping", "lit_nnopt.RunPictures", "lit_nnopt.callbacks.InterruptCheckpoint"} <= found
+    assert {
+        "lit_nnopt.callbacks.EarlyStopping",
+        "lit_nnopt.RunPictures",
+        "lit_nnopt.callbacks.InterruptCheckpoint",
+    } <= found
 
 
 # The README as a front page.
