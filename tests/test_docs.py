@@ -33,7 +33,10 @@ from tests.test_configs import ALL_CONFIGS
 DOCS = REPO / "docs"
 REFERENCE = DOCS / "reference"
 # docs/notes holds contributors' drafts, not published (exclude_docs in mkdocs.yml).
-DOC_FILES = [REPO / "README.md", *sorted(path for path in DOCS.rglob("*.md") if "notes" not in path.parts)]
+DOC_FILES = [
+    REPO / "README.md",
+    *sorted(path for path in DOCS.rglob("*.md") if path.relative_to(DOCS).parts[0] != "notes"),
+]
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<language>[\w-]*)\s*$")
 SKIP = re.compile(r"^\s*<!--\s*skip:\s*(?P<reason>\S.*?)\s*-->\s*$")
 # The most blocks the docs may mark as not run: skipping is the exception.
