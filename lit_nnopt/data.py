@@ -62,8 +62,10 @@ class BatchLoader:
         batch_size: samples per batch on this rank.
         shuffle: draw a new permutation each epoch; otherwise serve in order.
         seed: seed of the permutations.
-        rank, world_size: this process' place among the DDP processes.
-        mean, std: inputs are ``(pixel / 255 - mean) / std``.
+        rank: this process' place among the DDP processes.
+        world_size: the number of DDP processes.
+        mean: inputs are ``(pixel / 255 - mean) / std``.
+        std: see ``mean``.
         current_epoch: the trainer's epoch counter. When given, an epoch starts from that
             epoch's first batch unless the loader was restored mid-way through that very epoch
             (an epoch cut short by ``limit_train_batches`` is not resumed in the next one).
