@@ -28,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_nnopt.console import ConciseArgumentParser, quiet_known_noise
 from lit_nnopt.data import MNISTDataModule
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.plots import RunPictures
@@ -95,12 +96,14 @@ class LitNNOptCLI(LightningCLI):
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         _skip_nvml_probe_without_gpu()
+        quiet_known_noise()
+        kwargs.setdefault("parser_class", ConciseArgumentParser)
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"].setdefault("default_root_dir", "runs")
         # W&B, online with a key and offline without; `--trainer.logger false` turns logging off.
         kwargs["trainer_defaults"].setdefault("logger", {"class_path": "lit_nnopt.loggers.AutoWandbLogger"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"epilog": _epilog()})
+        kwargs.setdefault("parser_kwargs", {"epilog": _epilog(), "prog": "python -m lit_nnopt"})
         # The command line, to print the command that resumes an interrupted run.
         self._argv = list(sys.argv[1:]) if args is None else (list(args) if isinstance(args, list) else None)
         super().__init__(MNISTClassifier, MNISTDataModule, args=args, **kwargs)
