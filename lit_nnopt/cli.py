@@ -33,6 +33,7 @@ from lit_nnopt.console import ConciseArgumentParser, quiet_known_noise
 from lit_nnopt.data import MNISTDataModule
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.plots import RunPictures
+from lit_nnopt.predictions import PredictionWriter
 from lit_nnopt.progress import CheapRichProgressBar
 from lit_nnopt.reports import RunSummary
 from lit_nnopt.runs import latest_best_checkpoint, new_run_name, run_folder_of
@@ -61,7 +62,10 @@ EXTRA_COMMANDS = {
 
 
 def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
-    """Progress bar, model summary, LR monitor, run summary, pictures, interrupt checkpoint; each unless given."""
+    """Progress bar, model summary, LR monitor, run summary, pictures, interrupt checkpoint, prediction CSV.
+
+    Each unless ``trainer_config`` gives one of its kind.
+    """
     given = list(trainer_config.get("callbacks") or [])
     defaults: list[Callback] = []
     if trainer_config.get("enable_progress_bar", True) is not False and not _has(given, ProgressBar):
@@ -76,6 +80,8 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
         defaults.append(RunPictures())
     if not _has(given, InterruptCheckpoint):
         defaults.append(InterruptCheckpoint())
+    if not _has(given, PredictionWriter):
+        defaults.append(PredictionWriter())
     return given + defaults
 
 
@@ -226,6 +232,8 @@ class LitNNOptCLI(LightningCLI):
         for callback in callbacks:
             if isinstance(callback, InterruptCheckpoint) and callback.resume_command is None and self._argv:
                 callback.resume_command = resume_command(self._argv, self._resume_ckpt_path())
+            if isinstance(callback, RunPictures) and callback.config_name is None and self._argv:
+                callback.config_name = " + ".join(Path(path).name for path in config_files(self._argv)) or None
         plugins = _with_atomic_checkpoint_io(trainer_config.get("plugins"))
         return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks, "plugins": plugins})
 

@@ -11,7 +11,7 @@ from lit_nnopt import MNISTClassifier, MNISTDataModule
 from lit_nnopt.plots import (
     CONFUSION_MATRIX_FILE,
     LEARNING_CURVES_FILE,
-    WORST_DIGITS_FILE,
+    WORST_EXAMPLES_FILE,
     RunPictures,
     _WorstExamples,
     learning_rate_keys,
@@ -162,7 +162,7 @@ def test_test_leaves_a_confusion_matrix_of_every_test_sample(pictures_of_a_short
 
 def test_test_leaves_the_worst_digits(pictures_of_a_short_run):
     root, pictures = pictures_of_a_short_run
-    assert png_size(root / WORST_DIGITS_FILE) == (640, 720)  # 16 images: 4 x 4
+    assert png_size(root / WORST_EXAMPLES_FILE) == (640, 720)  # 16 images: 4 x 4
     label_probability = pictures._worst.tensors[0]
     assert len(label_probability) == 16 and torch.all(label_probability[:-1] <= label_probability[1:])
 
