@@ -36,7 +36,6 @@ from lit_nnopt.plots import RunPictures
 from lit_nnopt.predictions import PredictionWriter
 from lit_nnopt.progress import CheapRichProgressBar
 from lit_nnopt.reports import RunSummary
-from lit_nnopt.runs import latest_best_checkpoint, new_run_name, run_folder_of
 from lit_nnopt.resilience import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -52,6 +51,8 @@ from lit_nnopt.resilience import (
     load_checkpoint_to_check,
     resume_command,
 )
+from lit_nnopt.runs import latest_best_checkpoint, new_run_name, run_folder_of
+from lit_nnopt.threads import fit_threads_to_free_cpus
 
 DEBUG_ENV = "LIT_NNOPT_DEBUG"
 NVML_CHECK_ENV = "PYTORCH_NVML_BASED_CUDA_CHECK"
@@ -139,6 +140,7 @@ class LitNNOptCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config.get(str(subcommand), self.config)
         if subcommand:
+            _check_output_dirs(config)  # the folders as given, before a run folder is named below them
             self._place_run(str(subcommand), config)
         # LightningCLI next loads `--ckpt_path` to build the model from its hyperparameters:
         # a file that is not a checkpoint of this model must be refused before, and clearly.
@@ -219,10 +221,22 @@ class LitNNOptCLI(LightningCLI):
                 f"No run of this config{where} has a checkpoint: train one with `python -m lit_nnopt fit` and "
                 "this config, or give `--ckpt_path <file>` (a run's checkpoints/best-*.ckpt)."
             )
-        return f"`{subcommand}` needs trained weights and no --ckpt_path was given: it would score an untrained model. {hint}"
+        problem = f"`{subcommand}` needs trained weights and no --ckpt_path was given: it would score an untrained model."
+        return f"{problem} {hint}"
 
     def _dumped(self, config: Any) -> dict[str, Any]:
         return yaml.safe_load(self._parser(str(self.config.get("subcommand"))).dump(config, skip_none=False))
+
+    def before_instantiate_classes(self) -> None:
+        fit_threads_to_free_cpus()
+        config = self.config.get(str(self.subcommand), self.config)
+        optimizer = config.get("optimizer")
+        lr = _init_arg(optimizer, "lr")
+        if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
+            raise ConfigError(f"`optimizer.init_args.lr` must be a positive number, got {lr!r}. Set e.g. `--optimizer.lr 0.001`.")
+        _check_dropout(config)
+        _check_patience(config)
+        _check_steps_per_execution(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand != "fit":  # an evaluation in a run's folder keeps the config.yaml of its fit

@@ -95,4 +95,5 @@ class PredictionWriter(pl.Callback):
         from rich.markup import escape
 
         count = sum(len(rows) for rows in self._rows)
-        Console().print(f"[bold]predictions[/bold] ({count} rows): {escape(str(path))}", highlight=False, soft_wrap=True)
+        message = f"[bold]predictions[/bold] ({count} rows): {escape(str(path))}"
+        Console().print(message, highlight=False, soft_wrap=True)
