@@ -221,8 +221,8 @@ class LitNNOptCLI(LightningCLI):
                 f"No run of this config{where} has a checkpoint: train one with `python -m lit_nnopt fit` and "
                 "this config, or give `--ckpt_path <file>` (a run's checkpoints/best-*.ckpt)."
             )
-        problem = f"`{subcommand}` needs trained weights and no --ckpt_path was given: it would score an untrained model."
-        return f"{problem} {hint}"
+        problem = f"`{subcommand}` needs trained weights and no --ckpt_path was given: it would score an untrained model"
+        return f"{problem}. {hint}"
 
     def _dumped(self, config: Any) -> dict[str, Any]:
         return yaml.safe_load(self._parser(str(self.config.get("subcommand"))).dump(config, skip_none=False))
