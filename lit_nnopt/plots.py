@@ -170,29 +170,41 @@ def plot_confusion_matrix(
     names = list(class_names) if class_names is not None else [str(i) for i in range(size)]
     if len(names) != size:
         raise ValueError(f"`class_names` has {len(names)} names for a {size} x {size} confusion matrix.")
-    import numpy as np
-    from matplotlib.colors import LogNorm
-
     total = int(counts.sum())
     accuracy = counts.diagonal().sum().item() / max(total, 1)
     figure = new_figure(7.5, 6.5)
     axes = figure.subplots()
-    cells = np.ma.masked_equal(counts.numpy().astype(float), 0)  # log(0) has no colour: empty cells stay white
-    norm = LogNorm(vmin=1, vmax=max(float(counts.max()), 10.0))
-    image = axes.imshow(cells, cmap="Blues", norm=norm)
+    cells, norm, colours = confusion_colour_scale(counts)
+    image = axes.imshow(cells, cmap=colours, norm=norm)
     figure.colorbar(image, ax=axes, label="count (log scale)")
     for row in range(size):
         for column in range(size):
             count = int(counts[row, column])
             color = "white" if count and norm(count) > 0.6 else "black"
             axes.text(column, row, str(count) if count else "", ha="center", va="center", fontsize=8, color=color)
-    axes.set_xticks(range(size), names)
+    long_names = max(len(name) for name in names) > 3  # Fashion-MNIST's would overlap side by side
+    axes.set_xticks(range(size), names, rotation=40 if long_names else 0, ha="right" if long_names else "center")
     axes.set_yticks(range(size), names)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     heading = f"test confusion matrix: accuracy {accuracy:.2%} of {total}"
     axes.set_title(f"{title}\n{heading}" if title else heading)
     return save_figure(figure, Path(path), dpi)
+
+
+def confusion_colour_scale(counts: torch.Tensor) -> tuple[Any, Any, Any]:
+    """The cells to colour (empty ones masked: white), a log scale from 1 to the largest count, the colours.
+
+    The colours are matplotlib's ``Blues`` without its near-white quarter, so that a cell
+    holding a single error is light blue, not as white as an empty one.
+    """
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap, LogNorm
+
+    cells = np.ma.masked_equal(counts.numpy().astype(float), 0)  # log(0) has no colour
+    colours = ListedColormap(colormaps["Blues"](np.linspace(0.25, 1.0, 256)))
+    return cells, LogNorm(vmin=1, vmax=max(float(counts.max()), 10.0)), colours
 
 
 def plot_worst_examples(
@@ -415,7 +427,8 @@ class RunPictures(pl.Callback):
 def _describe_model(pl_module: pl.LightningModule) -> str:
     """``MLP, Adam lr=0.002`` from the module's hyperparameters (class paths and their arguments)."""
     hparams = dict(getattr(pl_module, "hparams", {}) or {})
-    parts = []
+    net = getattr(pl_module, "net", None)
+    parts = [type(net).__name__] if isinstance(net, torch.nn.Module) and not isinstance(hparams.get("net"), dict) else []
     for key in ("net", "optimizer"):
         value = hparams.get(key)
         if isinstance(value, dict) and isinstance(value.get("class_path"), str):
