@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -25,6 +26,7 @@ from lit_nnopt import MLP, BatchLoader, MNISTClassifier
 from lit_nnopt.reports import RunSummary
 from lit_nnopt.resilience import (
     AtomicCheckpointIO,
+    CheckpointSaveError,
     CheckpointError,
     InterruptCheckpoint,
     check_checkpoint,
@@ -116,6 +118,45 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint_intact(tmp_path, monkey
     monkeypatch.undo()
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.zeros(3))
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.parametrize(
+    "failure, reason",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "the disk is full"),
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 426880 vs 426772"),
+         "the write failed, most likely because the disk is full"),
+        (PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
+    ],
+)
+def test_a_full_disk_says_what_happened_and_which_file_is_intact(tmp_path, monkeypatch, failure, reason):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+
+    def full_disk(obj, file):
+        file.write(b"PK\x03\x04 the first bytes")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointSaveError) as raised:
+        io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    monkeypatch.undo()
+    message = str(raised.value)
+    assert message.startswith(f"Could not save the checkpoint {path}: {reason}")
+    assert "the previous last.ckpt is intact" in message and "--checkpoint.dirpath" in message
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.zeros(3))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_first_save_on_a_full_disk_says_no_file_was_written(tmp_path, monkeypatch):
+    def full_disk(obj, file):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointSaveError, match="the disk is full. Nothing was half-written: no best.ckpt was written"):
+        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "best.ckpt")
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_killed_save_never_leaves_a_partial_checkpoint(tmp_path):
