@@ -221,8 +221,8 @@ class LitNNOptCLI(LightningCLI):
                 f"No run of this config{where} has a checkpoint: train one with `python -m lit_nnopt fit` and "
                 "this config, or give `--ckpt_path <file>` (a run's checkpoints/best-*.ckpt)."
             )
-        problem = f"`{subcommand}` needs trained weights and no --ckpt_path was given: it would score an untrained model"
-        return f"{problem}. {hint}"
+        problem = f"`{subcommand}` needs trained weights and no --ckpt_path was given"
+        return f"{problem}: it would score an untrained model. {hint}"
 
     def _dumped(self, config: Any) -> dict[str, Any]:
         return yaml.safe_load(self._parser(str(self.config.get("subcommand"))).dump(config, skip_none=False))
@@ -233,7 +233,9 @@ class LitNNOptCLI(LightningCLI):
         optimizer = config.get("optimizer")
         lr = _init_arg(optimizer, "lr")
         if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
-            raise ConfigError(f"`optimizer.init_args.lr` must be a positive number, got {lr!r}. Set e.g. `--optimizer.lr 0.001`.")
+            raise ConfigError(
+                f"`optimizer.init_args.lr` must be a positive number, got {lr!r}. Set e.g. `--optimizer.lr 0.001`."
+            )
         _check_dropout(config)
         _check_patience(config)
         _check_steps_per_execution(config)

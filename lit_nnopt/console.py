@@ -83,4 +83,3 @@ def _shorten(message: str, max_lines: int = 6) -> str:
     if len(lines) <= max_lines:
         return "\n".join(lines)
     return "\n".join(lines[:max_lines] + [f"  ... ({len(lines) - max_lines} more lines)"])
-

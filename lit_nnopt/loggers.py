@@ -256,14 +256,12 @@ class AutoWandbLogger(WandbLogger):
         Such a run holds nothing worth syncing: its folder goes, or where it continued a run
         folder that existed before (a ``test`` of a trained run), only its own W&B files.
         """
-        run_files = Path(self._experiment.dir).parent
-        self._experiment.finish(exit_code=1)
-        self._experiment = None
-        if self.mode == "disabled":
-            return
+        experiment, self._experiment = self._experiment, None
+        run_files = Path(experiment.dir).parent if self.mode != "disabled" else None
+        experiment.finish(exit_code=1)
         if self._made_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
-        elif run_files.parent == self.run_dir / "wandb":
+        elif run_files is not None and run_files.parent == self.run_dir / "wandb":
             shutil.rmtree(run_files, ignore_errors=True)
 
     def _sync_target(self) -> str:

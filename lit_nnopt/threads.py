@@ -42,8 +42,9 @@ def free_cpus(cpus: int, load: float) -> int:
     return max(1, min(cpus, math.floor(cpus - load + 0.5)))
 
 
-def fit_threads_to_free_cpus(environ: Mapping[str, str] | None = None, cpus: int | None = None,
-                             load: float | None = None) -> int | None:
+def fit_threads_to_free_cpus(
+    environ: Mapping[str, str] | None = None, cpus: int | None = None, load: float | None = None
+) -> int | None:
     """Lower ``torch.get_num_threads()`` to the free CPUs; the new count, or None if unchanged.
 
     Args:

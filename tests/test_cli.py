@@ -222,7 +222,8 @@ def test_a_parser_error_is_the_error_and_a_help_hint(args, tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) <= 3 and "usage:" not in result.stderr
-    assert lines[0].startswith("lit_nnopt: error:") and lines[-1] == "See `python -m lit_nnopt fit --help` for the options."
+    assert lines[0].startswith("lit_nnopt: error:")
+    assert lines[-1] == "See `python -m lit_nnopt fit --help` for the options."
 
 
 def test_a_data_error_leaves_no_run_folder_and_no_sync_hint(mnist_dir, tmp_path):

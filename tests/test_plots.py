@@ -186,7 +186,7 @@ def test_a_single_error_is_coloured_and_an_empty_cell_is_not():
     counts = torch.tensor([[1000, 1, 0], [0, 980, 20], [3, 0, 997]])
     cells, norm, colour_map = confusion_colour_scale(counts)
     colours = colour_map(norm(cells))
-    one_error, empty = colours[0, 1], colours[0, 2]
+    one_error = colours[0, 1]
     assert cells.mask[0, 2] and not cells.mask[0, 1]  # masked: drawn white
     assert sum(1 - channel for channel in one_error[:3]) > 0.1  # visibly blue, not near-white
     assert norm(1) < norm(20) < norm(1000)

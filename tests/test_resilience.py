@@ -26,8 +26,8 @@ from lit_nnopt import MLP, BatchLoader, MNISTClassifier
 from lit_nnopt.reports import RunSummary
 from lit_nnopt.resilience import (
     AtomicCheckpointIO,
-    CheckpointSaveError,
     CheckpointError,
+    CheckpointSaveError,
     InterruptCheckpoint,
     check_checkpoint,
     config_files,
@@ -154,7 +154,7 @@ def test_a_first_save_on_a_full_disk_says_no_file_was_written(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointSaveError, match="the disk is full. Nothing was half-written: no best.ckpt was written"):
+    with pytest.raises(CheckpointSaveError, match="disk is full. Nothing was half-written: no best.ckpt was written"):
         AtomicCheckpointIO().save_checkpoint({}, tmp_path / "best.ckpt")
     assert not list(tmp_path.iterdir())
 

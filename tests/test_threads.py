@@ -34,8 +34,9 @@ def test_an_idle_machine_keeps_torchs_count(capfd):
     assert torch.get_num_threads() == 2 and capfd.readouterr().err == ""
 
 
-@pytest.mark.parametrize("environ", [{AUTO_THREADS_ENV: "0"}, {AUTO_THREADS_ENV: "off"}, {"OMP_NUM_THREADS": "2"},
-                                     {"MKL_NUM_THREADS": "4"}])
+@pytest.mark.parametrize(
+    "environ", [{AUTO_THREADS_ENV: "0"}, {AUTO_THREADS_ENV: "off"}, {"OMP_NUM_THREADS": "2"}, {"MKL_NUM_THREADS": "4"}]
+)
 def test_the_user_s_choice_wins(environ):
     torch.set_num_threads(4)
     assert fit_threads_to_free_cpus(environ=environ, cpus=4, load=3.5) is None
