@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 {% if cookiecutter.example == "mnist" -%}
 from lit_nnopt import MNISTDataModule, callbacks
 {%- else -%}

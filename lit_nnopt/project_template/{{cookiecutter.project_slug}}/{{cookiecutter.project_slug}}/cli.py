@@ -12,7 +12,7 @@ import sys
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from {{ cookiecutter.project_slug }}.model import Classifier
 
@@ -22,6 +22,10 @@ PROG = "python -m {{ cookiecutter.project_slug }}"
 
 class ProjectCLI(LightningCLI):
     """LightningCLI that refuses to evaluate untrained weights and names the best checkpoint after ``fit``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The `checkpoint:` section of the config: which checkpoints a run keeps, and under what names.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
@@ -38,9 +42,11 @@ class ProjectCLI(LightningCLI):
             return
         if checkpoint.best_model_path:
             # EarlyStopping's restore_best_weights and this file watch the same metric: it holds the restored weights.
-            print(f"Best checkpoint ({checkpoint.monitor} {float(checkpoint.best_model_score):.4f}): "
-                  f"{checkpoint.best_model_path}\n"
-                  f"Test it with: {PROG} test --config configs/default.yaml --ckpt_path {checkpoint.best_model_path}")
+            print(
+                f"Best checkpoint ({checkpoint.monitor} {float(checkpoint.best_model_score):.4f}): "
+                f"{checkpoint.best_model_path}\n"
+                f"Test it with: {PROG} test --config configs/default.yaml --ckpt_path {checkpoint.best_model_path}"
+            )
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
