@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -29,9 +30,11 @@ from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_nnopt.callbacks import InterruptCheckpoint
+from lit_nnopt.console import ConciseArgumentParser, quiet_known_noise
 from lit_nnopt.data import MNISTDataModule
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.plots import RunPictures
+from lit_nnopt.predictions import PredictionWriter
 from lit_nnopt.progress import CheapRichProgressBar
 from lit_nnopt.reports import RunSummary
 from lit_nnopt.resilience import (
@@ -48,6 +51,8 @@ from lit_nnopt.resilience import (
     load_checkpoint_to_check,
     resume_command,
 )
+from lit_nnopt.runs import latest_best_checkpoint, new_run_name, run_folder_of
+from lit_nnopt.threads import fit_threads_to_free_cpus
 
 DEBUG_ENV = "LIT_NNOPT_DEBUG"
 NVML_CHECK_ENV = "PYTORCH_NVML_BASED_CUDA_CHECK"
@@ -58,7 +63,10 @@ EXTRA_COMMANDS = {
 
 
 def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
-    """Progress bar, model summary, LR monitor, run summary, pictures, interrupt checkpoint; each unless given."""
+    """Progress bar, model summary, LR monitor, run summary, pictures, interrupt checkpoint, prediction CSV.
+
+    Each unless ``trainer_config`` gives one of its kind.
+    """
     given = list(trainer_config.get("callbacks") or [])
     defaults: list[Callback] = []
     if trainer_config.get("enable_progress_bar", True) is not False and not _has(given, ProgressBar):
@@ -73,6 +81,8 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
         defaults.append(RunPictures())
     if not _has(given, InterruptCheckpoint):
         defaults.append(InterruptCheckpoint())
+    if not _has(given, PredictionWriter):
+        defaults.append(PredictionWriter())
     return given + defaults
 
 
@@ -95,12 +105,14 @@ class LitNNOptCLI(LightningCLI):
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         _skip_nvml_probe_without_gpu()
+        quiet_known_noise()
+        kwargs.setdefault("parser_class", ConciseArgumentParser)
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"].setdefault("default_root_dir", "runs")
         # W&B, online with a key and offline without; `--trainer.logger false` turns logging off.
         kwargs["trainer_defaults"].setdefault("logger", {"class_path": "lit_nnopt.loggers.AutoWandbLogger"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"epilog": _epilog()})
+        kwargs.setdefault("parser_kwargs", {"epilog": _epilog(), "prog": "python -m lit_nnopt"})
         # The command line, to print the command that resumes an interrupted run.
         self._argv = list(sys.argv[1:]) if args is None else (list(args) if isinstance(args, list) else None)
         super().__init__(MNISTClassifier, MNISTDataModule, args=args, **kwargs)
@@ -125,9 +137,13 @@ class LitNNOptCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(str(subcommand), self.config)
+        if subcommand:
+            _check_output_dirs(config)  # the folders as given, before a run folder is named below them
+            self._place_run(str(subcommand), config)
         # LightningCLI next loads `--ckpt_path` to build the model from its hyperparameters:
         # a file that is not a checkpoint of this model must be refused before, and clearly.
-        config = self.config.get(str(self.config.get("subcommand")), self.config)
         ckpt_path = config.get("ckpt_path")
         checkpoint = load_checkpoint_to_check(str(ckpt_path), config.get("weights_only")) if ckpt_path else None
         if checkpoint is not None:
@@ -137,60 +153,120 @@ class LitNNOptCLI(LightningCLI):
             if note:
                 sys.stderr.write(f"lit_nnopt: {note}.\n")
 
+    def _place_run(self, subcommand: str, config: Any) -> None:
+        """Which checkpoint the run uses and which folder it writes to.
+
+        ``--ckpt_path last`` / ``best`` name the newest ``last.ckpt`` / best checkpoint of a run
+        of this config; ``validate``, ``test`` and ``predict`` refuse to run without a
+        checkpoint. An evaluation of a run's checkpoint writes into that run's folder (below
+        the configured root), a ``fit`` resumed with ``last`` goes on in its run's folder, and
+        any other run without a logger gets a new ``<subcommand>-<date>-<time>`` folder. All
+        this is left to Lightning where the user fixed the folder (an explicit logger ``id``,
+        ``checkpoint.dirpath``, or another logger).
+        """
+        root = _runs_root(config)
+        ckpt_path = config.get("ckpt_path")
+        named = ckpt_path in ("last", "best")
+        if root is not None and named:
+            ckpt_path = config.ckpt_path = self._find_checkpoint(subcommand, config, root, ckpt_path)
+        if subcommand != "fit" and not ckpt_path:
+            raise CheckpointError(self._no_checkpoint_message(subcommand, config, root))
+        if root is None:
+            return
+        run = run_folder_of(ckpt_path) if ckpt_path else None
+        continues_run = run is not None and (subcommand != "fit" or named)
+        logger = config.get("trainer", {}).get("logger")
+        if _is_auto_wandb(logger):
+            if continues_run:
+                logger.init_args.id = run.name
+        elif continues_run:
+            config.trainer.default_root_dir = str(root / run.name)
+        else:
+            config.trainer.default_root_dir = str(root / new_run_name(root, subcommand))
+
+    def _find_checkpoint(self, subcommand: str, config: Any, root: Path, which: str) -> str | None:
+        dumped = self._dumped(config)
+        if which == "last":
+            found = find_resumable_checkpoint(root, dumped)
+            what = "has a last.ckpt"
+        else:
+            found = latest_best_checkpoint(root, dumped)
+            what = "has a best checkpoint"
+        if found is None and (subcommand != "fit" or which == "best"):
+            raise CheckpointError(
+                f"--ckpt_path {which}: no run of this config under {root} {what}. Give the checkpoint's path "
+                "instead, or train one with `python -m lit_nnopt fit` and this config."
+            )
+        if found is None:
+            sys.stderr.write(
+                f"lit_nnopt: --ckpt_path last: no run of this config under {root} to resume; starting a new run.\n"
+            )
+            return None
+        if subcommand == "fit":
+            sys.stderr.write(f"lit_nnopt: resuming from {found}\n")
+        else:
+            sys.stderr.write(f"lit_nnopt: {subcommand}: using {found}, the {which} checkpoint of the latest run.\n")
+        return str(found)
+
+    def _no_checkpoint_message(self, subcommand: str, config: Any, root: Path | None) -> str:
+        found = latest_best_checkpoint(root, self._dumped(config)) if root is not None else None
+        if found is not None:
+            hint = (
+                f"The latest run of this config has its best checkpoint at {found}: add `--ckpt_path best` "
+                "to use it, or `--ckpt_path <file>` for another."
+            )
+        else:
+            where = f" under {root}" if root is not None else ""
+            hint = (
+                f"No run of this config{where} has a checkpoint: train one with `python -m lit_nnopt fit` and "
+                "this config, or give `--ckpt_path <file>` (a run's checkpoints/best-*.ckpt)."
+            )
+        problem = f"`{subcommand}` needs trained weights and no --ckpt_path was given"
+        return f"{problem}: it would score an untrained model. {hint}"
+
+    def _dumped(self, config: Any) -> dict[str, Any]:
+        return yaml.safe_load(self._parser(str(self.config.get("subcommand"))).dump(config, skip_none=False))
+
     def before_instantiate_classes(self) -> None:
+        fit_threads_to_free_cpus()
         config = self.config.get(str(self.subcommand), self.config)
         optimizer = config.get("optimizer")
         lr = _init_arg(optimizer, "lr")
         if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
-            raise ConfigError(f"`optimizer.init_args.lr` must be a positive number, got {lr!r}. Set e.g. `--optimizer.lr 0.001`.")
+            raise ConfigError(
+                f"`optimizer.init_args.lr` must be a positive number, got {lr!r}. Set e.g. `--optimizer.lr 0.001`."
+            )
         _check_dropout(config)
         _check_patience(config)
         _check_steps_per_execution(config)
-        _check_output_dirs(config)
-        self._resolve_ckpt_path_last(config)
-
-    def _resolve_ckpt_path_last(self, config: Any) -> None:
-        """``--ckpt_path last``: the newest ``last.ckpt`` of a run of this config; ``fit`` goes on in that run's folder.
-
-        Each run of the default logger gets a new folder, where Lightning's own search for
-        ``last`` would find nothing; it is left to Lightning when the folder is fixed (an explicit
-        logger ``id``, ``checkpoint.dirpath``, or another logger).
-        """
-        logger = config.get("trainer", {}).get("logger")
-        fixed_folder = config.get("checkpoint", {}).get("dirpath")
-        if config.get("ckpt_path") != "last" or fixed_folder or not _is_auto_wandb(logger):
-            return
-        init_args = logger.get("init_args") or {}
-        if init_args.get("id") or os.environ.get("WANDB_RUN_ID"):
-            return
-        project_dir = Path(init_args.get("save_dir") or "runs") / (init_args.get("project") or "lit_nnopt")
-        dumped = yaml.safe_load(self._parser(self.subcommand).dump(config, skip_none=False))
-        found = find_resumable_checkpoint(project_dir, dumped)
-        if found is None and self.subcommand != "fit":
-            raise CheckpointError(
-                f"--ckpt_path last: no run of this config under {project_dir} has a last.ckpt. "
-                "Give the checkpoint's path instead."
-            )
-        if found is None:
-            sys.stderr.write(
-                f"lit_nnopt: --ckpt_path last: no run of this config under {project_dir} to resume; "
-                "starting a new run.\n"
-            )
-            config.ckpt_path = None
-            return
-        config.ckpt_path = str(found)
-        if self.subcommand == "fit":
-            logger.init_args.id = found.parent.parent.name
-        sys.stderr.write(f"lit_nnopt: resuming from {found}\n")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if self.subcommand != "fit":  # an evaluation in a run's folder keeps the config.yaml of its fit
+            self.save_config_kwargs = {"config_filename": f"{self.subcommand}_config.yaml", **self.save_config_kwargs}
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = default_callbacks(trainer_config)
         for callback in callbacks:
             if isinstance(callback, InterruptCheckpoint) and callback.resume_command is None and self._argv:
                 callback.resume_command = resume_command(self._argv, self._resume_ckpt_path())
+            if isinstance(callback, RunPictures) and callback.config_name is None and self._argv:
+                callback.config_name = " + ".join(Path(path).name for path in config_files(self._argv)) or None
         plugins = _with_atomic_checkpoint_io(trainer_config.get("plugins"))
         return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks, "plugins": plugins})
+
+    def after_fit(self) -> None:
+        """Say which checkpoint is best and the command that tests it."""
+        checkpoint = self.trainer.checkpoint_callback
+        if not self.trainer.is_global_zero or not isinstance(checkpoint, ModelCheckpoint):
+            return
+        path = checkpoint.best_model_path or checkpoint.last_model_path
+        if not path:
+            return
+        score = checkpoint.best_model_score if checkpoint.best_model_path else None
+        what = f"best checkpoint ({checkpoint.monitor} {float(score):.4f})" if score is not None else "last checkpoint"
+        lines = [f"lit_nnopt: {what}: {path}"]
+        if self._argv:
+            lines.append(f"Test it with: {test_command(self._argv, path)}")
+        print("\n".join(lines), flush=True)
 
     def _resume_ckpt_path(self) -> str:
         """``last`` where ``--ckpt_path last`` finds this run's checkpoint again, else its path."""
@@ -217,6 +293,29 @@ def _skip_nvml_probe_without_gpu() -> None:
     """
     if os.environ.get(NVML_CHECK_ENV) == "1" and torch.cuda.device_count() == 0:
         os.environ[NVML_CHECK_ENV] = "0"
+
+
+def test_command(argv: list[str], ckpt_path: str) -> str:
+    """The ``fit`` command line ``argv`` turned into the ``test`` of ``ckpt_path``."""
+    subcommand = next((i for i, arg in enumerate(argv) if arg == "fit"), None)
+    as_test = [*argv[:subcommand], "test", *argv[subcommand + 1 :]] if subcommand is not None else argv
+    return resume_command(as_test, shlex.quote(ckpt_path))
+
+
+def _runs_root(config: Any) -> Path | None:
+    """The folder holding the run folders lit_nnopt names; None where the user fixed the run's folder."""
+    if config.get("checkpoint", {}).get("dirpath"):
+        return None
+    trainer = config.get("trainer", {})
+    logger = trainer.get("logger")
+    if logger in (None, False):
+        return Path(trainer.get("default_root_dir") or "runs")
+    if not _is_auto_wandb(logger):
+        return None
+    init_args = logger.get("init_args") or {}
+    if init_args.get("id") or os.environ.get("WANDB_RUN_ID"):
+        return None
+    return Path(init_args.get("save_dir") or "runs") / (init_args.get("project") or "lit_nnopt")
 
 
 def _close_process_group() -> None:

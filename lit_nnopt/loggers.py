@@ -174,6 +174,8 @@ class AutoWandbLogger(WandbLogger):
         self.watch_log_freq = watch_log_freq
         self.config_file = config_file
         self._watched = False
+        self._made_run_dir = False
+        self._logged_anything = False
         extra = {"entity": entity, "group": group, "tags": tags, "notes": notes}
         super().__init__(
             name=name,
@@ -208,6 +210,7 @@ class AutoWandbLogger(WandbLogger):
 
         self._wandb_init.pop("anonymous", None)  # wandb warns that the setting is deprecated, even when None
         # wandb looks for the git commit from its folder, before it creates that folder.
+        self._made_run_dir = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._init(wandb)
@@ -234,10 +237,32 @@ class AutoWandbLogger(WandbLogger):
             shutil.rmtree(stale, ignore_errors=True)
 
     @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        self._logged_anything = True
+
+    @rank_zero_only
     def finalize(self, status: str) -> None:
+        if status != "success" and not self._logged_anything and self._experiment is not None:
+            self._discard_empty_run()
+            return
         super().finalize(status)
         if self.mode == "offline" and self._experiment is not None:
             _say_offline(self._sync_target(), self.mode_reason)
+
+    def _discard_empty_run(self) -> None:
+        """Remove what a run that failed before logging anything (a data error, say) left behind.
+
+        Such a run holds nothing worth syncing: its folder goes, or where it continued a run
+        folder that existed before (a ``test`` of a trained run), only its own W&B files.
+        """
+        experiment, self._experiment = self._experiment, None
+        run_files = Path(experiment.dir).parent if self.mode != "disabled" else None
+        experiment.finish(exit_code=1)
+        if self._made_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        elif run_files is not None and run_files.parent == self.run_dir / "wandb":
+            shutil.rmtree(run_files, ignore_errors=True)
 
     def _sync_target(self) -> str:
         # A resumed run (same id: fit, then test) has one offline folder per process; sync them all.

@@ -2,9 +2,11 @@
 
 After ``fit``: ``learning_curves.png`` (train and validation accuracy and loss per epoch,
 the learning rate on its own panel). After ``test``: ``confusion_matrix.png`` and
-``worst_test_digits.png`` (the test images the model was most sure were something else).
-When the trainer logs to W&B, the same pictures go there, with the confusion matrix as an
-interactive chart and the worst digits as a table.
+``worst_test_images.png`` (the test images the model was most sure were something else).
+Each picture is titled with the run's folder, config file and model; classes are named
+(digits for MNIST, ``T-shirt/top`` ... ``Ankle boot`` for Fashion-MNIST). When the trainer
+logs to W&B, the same pictures go there, with the confusion matrix as an interactive chart
+and the worst examples as a table.
 
 Figures are drawn with matplotlib's object-oriented API on the Agg canvas, imported only
 when a picture is drawn: no pyplot, no global backend change, no display needed.
@@ -26,7 +28,10 @@ from lit_nnopt.reports import RunSummary
 
 LEARNING_CURVES_FILE = "learning_curves.png"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
-WORST_DIGITS_FILE = "worst_test_digits.png"
+WORST_EXAMPLES_FILE = "worst_test_images.png"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
 _LR_SUFFIXES = ("-momentum", "-weight_decay")
 
 
@@ -57,7 +62,17 @@ def learning_rate_keys(history: Sequence[dict[str, Any]]) -> list[str]:
     return sorted(keys)
 
 
-def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | Path, dpi: int = 100) -> Path:
+def class_names_of(trainer: pl.Trainer, num_classes: int = 10) -> list[str]:
+    """The class names of the trainer's data: Fashion-MNIST's garments, else the class numbers."""
+    dataset = getattr(trainer.datamodule, "dataset", None)
+    if dataset == "fashion_mnist" and num_classes == len(FASHION_MNIST_CLASSES):
+        return list(FASHION_MNIST_CLASSES)
+    return [str(i) for i in range(num_classes)]
+
+
+def plot_learning_curves(
+    history: Sequence[dict[str, Any]], path: str | Path, dpi: int = 100, title: str | None = None
+) -> Path:
     """Draw accuracy, loss and learning rate per epoch, train and validation side by side.
 
     Args:
@@ -65,6 +80,7 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | Path, dp
             and ``summary.json``'s ``history`` hold them.
         path: the PNG to write.
         dpi: pixels per inch of the 15 x 4.5 inch figure.
+        title: above the three panels, e.g. the run and its config.
 
     Raises:
         ValueError: if ``history`` holds no epoch.
@@ -83,6 +99,8 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | Path, dp
     epochs = [row["epoch"] for row in history]
     for axes in (accuracy, loss, rate):
         axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # whole epochs on the axis, even for one epoch
+    if title:
+        figure.suptitle(title)
     return save_figure(figure, Path(path), dpi)
 
 
@@ -122,15 +140,23 @@ def _decorate(axes: Any, title: str) -> None:
 
 
 def plot_confusion_matrix(
-    matrix: torch.Tensor, path: str | Path, class_names: Sequence[str] | None = None, dpi: int = 100
+    matrix: torch.Tensor,
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    dpi: int = 100,
+    title: str | None = None,
 ) -> Path:
-    """Draw a confusion matrix: counts in the cells, colour by the share of each true class.
+    """Draw a confusion matrix: counts in the cells, coloured on a log scale, empty cells white.
+
+    On a linear scale the diagonal (about 1000 per class) takes the whole colour range and
+    the errors (1 to 20 per cell) all look white; on a log scale a single error is visible.
 
     Args:
         matrix: ``(C, C)`` counts, rows the true class and columns the prediction.
         path: the PNG to write.
         class_names: the tick labels; ``0 .. C-1`` if None.
         dpi: pixels per inch of the 7.5 x 6.5 inch figure.
+        title: a line above the accuracy, e.g. the run and its config.
 
     Raises:
         ValueError: if ``matrix`` is not square or ``class_names`` does not match it.
@@ -144,23 +170,41 @@ def plot_confusion_matrix(
     names = list(class_names) if class_names is not None else [str(i) for i in range(size)]
     if len(names) != size:
         raise ValueError(f"`class_names` has {len(names)} names for a {size} x {size} confusion matrix.")
-    shares = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
     total = int(counts.sum())
     accuracy = counts.diagonal().sum().item() / max(total, 1)
     figure = new_figure(7.5, 6.5)
     axes = figure.subplots()
-    image = axes.imshow(shares.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
-    figure.colorbar(image, ax=axes, label="share of the true class")
+    cells, norm, colours = confusion_colour_scale(counts)
+    image = axes.imshow(cells, cmap=colours, norm=norm)
+    figure.colorbar(image, ax=axes, label="count (log scale)")
     for row in range(size):
         for column in range(size):
-            color = "white" if shares[row, column] > 0.5 else "black"
-            axes.text(column, row, str(int(counts[row, column])), ha="center", va="center", fontsize=8, color=color)
-    axes.set_xticks(range(size), names)
+            count = int(counts[row, column])
+            color = "white" if count and norm(count) > 0.6 else "black"
+            axes.text(column, row, str(count) if count else "", ha="center", va="center", fontsize=8, color=color)
+    long_names = max(len(name) for name in names) > 3  # Fashion-MNIST's would overlap side by side
+    axes.set_xticks(range(size), names, rotation=40 if long_names else 0, ha="right" if long_names else "center")
     axes.set_yticks(range(size), names)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    axes.set_title(f"test confusion matrix: accuracy {accuracy:.2%} of {total}")
+    heading = f"test confusion matrix: accuracy {accuracy:.2%} of {total}"
+    axes.set_title(f"{title}\n{heading}" if title else heading)
     return save_figure(figure, Path(path), dpi)
+
+
+def confusion_colour_scale(counts: torch.Tensor) -> tuple[Any, Any, Any]:
+    """The cells to colour (empty ones masked: white), a log scale from 1 to the largest count, the colours.
+
+    The colours are matplotlib's ``Blues`` without its near-white quarter, so that a cell
+    holding a single error is light blue, not as white as an empty one.
+    """
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap, LogNorm
+
+    cells = np.ma.masked_equal(counts.numpy().astype(float), 0)  # log(0) has no colour
+    colours = ListedColormap(colormaps["Blues"](np.linspace(0.25, 1.0, 256)))
+    return cells, LogNorm(vmin=1, vmax=max(float(counts.max()), 10.0)), colours
 
 
 def plot_worst_examples(
@@ -170,6 +214,8 @@ def plot_worst_examples(
     label_probabilities: torch.Tensor,
     path: str | Path,
     dpi: int = 100,
+    class_names: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Path:
     """Draw a grid of images, each titled ``true -> predicted`` with the probability given to the truth.
 
@@ -180,6 +226,8 @@ def plot_worst_examples(
         label_probabilities: ``(N,)`` the probability the model gave the true class.
         path: the PNG to write.
         dpi: pixels per inch; each image takes 1.6 x 1.8 inches.
+        class_names: names of the classes, indexed by class number; the numbers if None.
+        title: a line above the grid's own heading, e.g. the run and its config.
 
     Raises:
         ValueError: if there is no image or the four tensors do not have the same length.
@@ -195,15 +243,21 @@ def plot_worst_examples(
     figure = new_figure(1.6 * columns, 1.8 * rows)
     grid = figure.subplots(rows, columns, squeeze=False)
     pixels = images.detach().cpu().reshape(count, *images.shape[-2:]).float()
+
+    def name(label: torch.Tensor) -> str:
+        index = int(label)
+        return class_names[index] if class_names is not None and index < len(class_names) else str(index)
+
     for index, axes in enumerate(grid.flat):
         axes.set_axis_off()
         if index < count:
             axes.imshow(pixels[index].numpy(), cmap="gray")
             axes.set_title(
-                f"{int(labels[index])} → {int(predictions[index])}  p={float(label_probabilities[index]):.2g}",
-                fontsize=8,
+                f"{name(labels[index])} → {name(predictions[index])}\np={float(label_probabilities[index]):.2g}",
+                fontsize=7,
             )
-    figure.suptitle("worst-classified test images: true → predicted, p = probability of the true class")
+    heading = "worst-classified test images: true → predicted, p = probability of the true class"
+    figure.suptitle(f"{title}\n{heading}" if title else heading, fontsize=9)
     return save_figure(figure, Path(path), dpi)
 
 
@@ -235,15 +289,17 @@ class RunPictures(pl.Callback):
     """Writes the run's pictures into ``trainer.log_dir`` and, when logging to W&B, logs them there.
 
     After ``fit``: ``learning_curves.png``, from the history of the ``RunSummary`` callback.
-    After ``test``: ``confusion_matrix.png`` and ``worst_test_digits.png``; on W&B also an
+    After ``test``: ``confusion_matrix.png`` and ``worst_test_images.png``; on W&B also an
     interactive confusion matrix and a table of the worst-classified test images. Only rank
-    zero writes.
+    zero writes. Each picture is titled ``<run folder> · <config> · <model>``.
 
     Args:
         learning_curves: draw the learning curves after ``fit``.
         confusion_matrix: draw the confusion matrix after ``test``.
         worst_count: how many worst-classified test images to show; 0 for none.
         dpi: resolution of the PNGs.
+        config_name: the config named in the titles, e.g. ``adam.yaml`` (the CLI sets it
+            from ``--config``); None names only the run and the model.
 
     Raises:
         ValueError: if ``worst_count`` is negative or ``dpi`` is not positive.
@@ -259,7 +315,12 @@ class RunPictures(pl.Callback):
     """
 
     def __init__(
-        self, learning_curves: bool = True, confusion_matrix: bool = True, worst_count: int = 25, dpi: int = 100
+        self,
+        learning_curves: bool = True,
+        confusion_matrix: bool = True,
+        worst_count: int = 25,
+        dpi: int = 100,
+        config_name: str | None = None,
     ) -> None:
         if worst_count < 0:
             raise ValueError(f"`worst_count` must be >= 0 (0 shows none), got {worst_count}.")
@@ -269,6 +330,7 @@ class RunPictures(pl.Callback):
         self.confusion_matrix = confusion_matrix
         self.worst_count = worst_count
         self.dpi = dpi
+        self.config_name = config_name
         self._confusion: Any = None
         self._worst = _WorstExamples(worst_count)
 
@@ -291,7 +353,8 @@ class RunPictures(pl.Callback):
         log_dir = _log_dir(trainer)  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero:
             return
-        path = plot_learning_curves(summary.history, log_dir / LEARNING_CURVES_FILE, self.dpi)
+        title = self._title(log_dir, pl_module)
+        path = plot_learning_curves(summary.history, log_dir / LEARNING_CURVES_FILE, self.dpi, title=title)
         _announce("learning curves", path)
         _log_to_wandb(trainer, lambda wandb: {"learning_curves": wandb.Image(str(path))})
 
@@ -327,22 +390,52 @@ class RunPictures(pl.Callback):
         worst = self._worst.gather(pl_module) if self.worst_count and self._worst.tensors else ()
         log_dir = _log_dir(trainer)  # a broadcast under DDP: every rank must ask
         if trainer.is_global_zero:
-            self._draw_test_pictures(trainer, log_dir, matrix, worst)
+            self._draw_test_pictures(trainer, pl_module, log_dir, matrix, worst)
 
     def _draw_test_pictures(
-        self, trainer: pl.Trainer, log_dir: Path, matrix: torch.Tensor, worst: tuple[torch.Tensor, ...]
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        log_dir: Path,
+        matrix: torch.Tensor,
+        worst: tuple[torch.Tensor, ...],
     ) -> None:
         logged: dict[str, Any] = {}
+        title = self._title(log_dir, pl_module)
+        names = class_names_of(trainer, matrix.shape[0])
         if self.confusion_matrix:
-            path = plot_confusion_matrix(matrix, log_dir / CONFUSION_MATRIX_FILE, dpi=self.dpi)
+            path = plot_confusion_matrix(
+                matrix, log_dir / CONFUSION_MATRIX_FILE, class_names=names, dpi=self.dpi, title=title
+            )
             _announce("confusion matrix", path)
             logged["confusion_matrix"] = path
         if worst:
             probability, images, labels, predictions = (tensor.cpu() for tensor in worst)
-            path = plot_worst_examples(images, labels, predictions, probability, log_dir / WORST_DIGITS_FILE, self.dpi)
+            path = plot_worst_examples(
+                images, labels, predictions, probability, log_dir / WORST_EXAMPLES_FILE, self.dpi, names, title
+            )
             _announce("worst-classified test images", path)
             logged["worst"] = (path, images, labels, predictions, probability)
         _log_to_wandb(trainer, lambda wandb: _wandb_test_media(wandb, matrix, logged))
+
+
+    def _title(self, log_dir: Path, pl_module: pl.LightningModule) -> str:
+        parts = [f"run {log_dir.name}" if log_dir.name else str(log_dir), self.config_name, _describe_model(pl_module)]
+        return " · ".join(part for part in parts if part)
+
+
+def _describe_model(pl_module: pl.LightningModule) -> str:
+    """``MLP, Adam lr=0.002`` from the module's hyperparameters (class paths and their arguments)."""
+    hparams = dict(getattr(pl_module, "hparams", {}) or {})
+    net = getattr(pl_module, "net", None)
+    parts = [type(net).__name__] if isinstance(net, torch.nn.Module) and not isinstance(hparams.get("net"), dict) else []
+    for key in ("net", "optimizer"):
+        value = hparams.get(key)
+        if isinstance(value, dict) and isinstance(value.get("class_path"), str):
+            text = value["class_path"].rsplit(".", 1)[-1]
+            lr = (value.get("init_args") or {}).get("lr")
+            parts.append(f"{text} lr={lr:g}" if isinstance(lr, (int, float)) else text)
+    return ", ".join(parts)
 
 
 def _wandb_test_media(wandb: Any, matrix: torch.Tensor, logged: dict[str, Any]) -> dict[str, Any]:

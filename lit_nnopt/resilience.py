@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
@@ -99,14 +100,46 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as error:
             tmp.unlink(missing_ok=True)
-            raise
+            reason = _save_failure(error)
+            if reason is None:
+                raise
+            raise CheckpointSaveError(_save_failure_message(target, reason)) from error
         _fsync_folder(target.parent)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         kwargs = {"map_location": map_location} if map_location is not None else {}
         return super().load_checkpoint(path, weights_only=True if weights_only is None else weights_only, **kwargs)
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (disk full, no permission...); the previous file is intact."""
+
+
+def _save_failure(error: BaseException) -> str | None:
+    """Why a save failed, in words, for the OS errors a user can fix; None for anything else.
+
+    ``torch.save`` reports a full disk from its C++ zip writer as a RuntimeError such as
+    "[enforce fail at inline_container.cc:672] . unexpected pos 426880 vs 426772".
+    """
+    if isinstance(error, OSError):
+        if error.errno == errno.ENOSPC:
+            return "the disk is full"
+        if error.errno == errno.EDQUOT:
+            return "the disk quota is exceeded"
+        return error.strerror or str(error)
+    if isinstance(error, RuntimeError) and re.search(r"inline_container|unexpected pos|file write failed", str(error)):
+        return "the write failed, most likely because the disk is full"
+    return None
+
+
+def _save_failure_message(target: Path, reason: str) -> str:
+    kept = f"the previous {target.name} is intact" if target.exists() else f"no {target.name} was written"
+    return (
+        f"Could not save the checkpoint {target}: {reason}. Nothing was half-written: {kept}. "
+        f"Free space in {target.parent} (or point `--checkpoint.dirpath` elsewhere) and resume with `--ckpt_path last`."
+    )
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -1,9 +1,11 @@
 """The command line, end to end on the real MNIST, and its errors."""
 
+import csv
 import gzip
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -143,3 +145,105 @@ def test_github_workflow_is_valid():
     with pytest.raises(SystemExit) as exit_status:
         check_jsonschema(["--builtin-schema", "vendor.github-workflows", str(workflow)])
     assert exit_status.value.code == 0
+
+
+# -- the console, run folders and checkpoints as a user meets them (issue 18) ---------------------
+
+_NOISE = re.compile(r"warn|deprecat|tip:|💡|litlogger|Received SIGTERM", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def short_fit(mnist_dir, tmp_path_factory):
+    """A short `fit` of adam.yaml with the default logger (W&B, offline); its output and root folder."""
+    root = tmp_path_factory.mktemp("short")
+    result = run_cli(
+        "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "40", "--trainer.limit_val_batches", "5",
+        "--trainer.default_root_dir", str(root), cwd=root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (root / "lit_nnopt").iterdir()
+    return result, root, run
+
+
+def test_a_short_fit_prints_no_warning_or_tip(short_fit):
+    result, _, _ = short_fit
+    noise = [line for line in (result.stdout + result.stderr).splitlines() if _NOISE.search(line)]
+    assert noise == []
+
+
+def test_fit_ends_with_the_best_checkpoint_and_the_command_that_tests_it_in_the_same_run_folder(short_fit):
+    result, root, run = short_fit
+    best = _summary(run)["best_checkpoint"]
+    assert f"lit_nnopt: best checkpoint (val_acc {_summary(run)['best']['val_acc']:.4f}): {best}" in result.stdout
+    (command,) = [line for line in result.stdout.splitlines() if line.startswith("Test it with: ")]
+    args = shlex.split(command.removeprefix("Test it with: python -m lit_nnopt "))
+    assert args[0] == "test" and args[-2:] == ["--ckpt_path", best]
+    fit_config = (run / "config.yaml").read_text()
+    tested = run_cli(*args, "--trainer.limit_test_batches", "3", cwd=root)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert [path.name for path in (root / "lit_nnopt").iterdir()] == [run.name]  # no new folder
+    assert (run / "config.yaml").read_text() == fit_config and (run / "test_config.yaml").is_file()
+    assert _summary(run)["final"]["test_acc"] > 0.5 and (run / "confusion_matrix.png").is_file()
+    assert not [line for line in (tested.stdout + tested.stderr).splitlines() if _NOISE.search(line)]
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluating_without_a_checkpoint_is_refused_naming_the_best_one(short_fit, mnist_dir, subcommand):
+    _, root, run = short_fit
+    result = run_cli(subcommand, "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
+                     "--trainer.default_root_dir", str(root), cwd=root)
+    assert result.returncode == 1
+    assert f"`{subcommand}` needs trained weights and no --ckpt_path was given" in result.stderr
+    assert f"its best checkpoint at {_summary(run)['best_checkpoint']}: add `--ckpt_path best`" in result.stderr
+    _no_traceback(result)
+
+
+def test_predict_with_the_best_checkpoint_writes_a_csv_in_the_run_folder(short_fit, mnist_dir):
+    _, root, run = short_fit
+    result = run_cli("predict", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
+                     "--trainer.default_root_dir", str(root), "--ckpt_path", "best",
+                     "--trainer.limit_predict_batches", "1", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"predict: using {_summary(run)['best_checkpoint']}, the best checkpoint" in result.stderr
+    path = run / "predictions.csv"
+    with path.open() as file:
+        rows = list(csv.DictReader(file))
+    assert f"predictions ({len(rows)} rows): {path}" in result.stdout
+    assert list(rows[0]) == ["index", "prediction", "class_name", "probability"]
+    assert [int(row["index"]) for row in rows] == list(range(len(rows))) and len(rows) > 10
+    assert all(row["prediction"] == row["class_name"] and 0.1 <= float(row["probability"]) <= 1 for row in rows)
+    assert sum(row["prediction"] == "7" for row in rows[:1]) == 1  # the first test image is a 7
+
+
+@pytest.mark.parametrize("args", [["--model.no_such_key", "1"], ["--data.batch_size", "sixty-four"]])
+def test_a_parser_error_is_the_error_and_a_help_hint(args, tmp_path):
+    result = run_cli("fit", "--config", str(CONFIGS / "adam.yaml"), "--trainer.default_root_dir", str(tmp_path), *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) <= 3 and "usage:" not in result.stderr
+    assert lines[0].startswith("lit_nnopt: error:")
+    assert lines[-1] == "See `python -m lit_nnopt fit --help` for the options."
+
+
+def test_a_data_error_leaves_no_run_folder_and_no_sync_hint(mnist_dir, tmp_path):
+    raw = link_mnist(mnist_dir, tmp_path / "data")
+    labels = raw / "t10k-labels-idx1-ubyte.gz"
+    content = gzip.decompress(labels.read_bytes())[:-100]
+    labels.unlink()
+    labels.write_bytes(gzip.compress(content))
+    result = _fit_on(tmp_path / "data", tmp_path)  # the default logger: W&B offline
+    assert result.returncode == 1 and "MD5" in result.stderr
+    assert "wandb sync" not in result.stderr and "EarlyStopping" not in result.stderr + result.stdout
+    assert not [path for path in (tmp_path / "runs").rglob("*") if path.is_file()]
+
+
+def test_runs_without_a_logger_in_one_folder_never_overwrite_each_other(mnist_dir, tmp_path):
+    args = ["--trainer.logger", "false", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    for _ in range(2):
+        result = _fit_on(mnist_dir, tmp_path, *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(re.fullmatch(r"fit-\d{8}-\d{6}(-\d+)?", run.name) for run in runs)
+    for run in runs:
+        assert {"config.yaml", "summary.json", "learning_curves.png", "checkpoints"} <= {p.name for p in run.iterdir()}

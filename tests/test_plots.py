@@ -11,9 +11,11 @@ from lit_nnopt import MNISTClassifier, MNISTDataModule
 from lit_nnopt.plots import (
     CONFUSION_MATRIX_FILE,
     LEARNING_CURVES_FILE,
-    WORST_DIGITS_FILE,
+    WORST_EXAMPLES_FILE,
     RunPictures,
     _WorstExamples,
+    class_names_of,
+    confusion_colour_scale,
     learning_rate_keys,
     plot_confusion_matrix,
     plot_learning_curves,
@@ -162,7 +164,7 @@ def test_test_leaves_a_confusion_matrix_of_every_test_sample(pictures_of_a_short
 
 def test_test_leaves_the_worst_digits(pictures_of_a_short_run):
     root, pictures = pictures_of_a_short_run
-    assert png_size(root / WORST_DIGITS_FILE) == (640, 720)  # 16 images: 4 x 4
+    assert png_size(root / WORST_EXAMPLES_FILE) == (640, 720)  # 16 images: 4 x 4
     label_probability = pictures._worst.tensors[0]
     assert len(label_probability) == 16 and torch.all(label_probability[:-1] <= label_probability[1:])
 
@@ -175,3 +177,39 @@ def test_run_pictures_do_not_predict_again_when_no_test_picture_is_asked_for():
     batch = (torch.rand(4, 1, 28, 28), torch.arange(4))
     pictures.on_test_batch_end(None, no_forward, None, batch, 0)
     pictures.on_test_end(None, no_forward)  # with a trainer of None, any work would fail
+
+
+# -- readable pictures (issue 18) -----------------------------------------------------------
+
+
+def test_a_single_error_is_coloured_and_an_empty_cell_is_not():
+    counts = torch.tensor([[1000, 1, 0], [0, 980, 20], [3, 0, 997]])
+    cells, norm, colour_map = confusion_colour_scale(counts)
+    colours = colour_map(norm(cells))
+    one_error = colours[0, 1]
+    assert cells.mask[0, 2] and not cells.mask[0, 1]  # masked: drawn white
+    assert sum(1 - channel for channel in one_error[:3]) > 0.1  # visibly blue, not near-white
+    assert norm(1) < norm(20) < norm(1000)
+
+
+def _module_with(dataset: str) -> tuple[pl.Trainer, MNISTClassifier]:
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.datamodule = MNISTDataModule(dataset=dataset)
+    return trainer, MNISTClassifier()
+
+
+def test_fashion_mnist_classes_have_names_and_mnist_keeps_its_digits():
+    fashion, _ = _module_with("fashion_mnist")
+    digits, _ = _module_with("mnist")
+    assert class_names_of(fashion)[:3] == ["T-shirt/top", "Trouser", "Pullover"] and len(class_names_of(fashion)) == 10
+    assert class_names_of(digits) == [str(i) for i in range(10)]
+
+
+def test_each_picture_is_titled_with_the_run_the_config_and_the_model(tmp_path):
+    model = MNISTClassifier(optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}})
+    title = RunPictures(config_name="sgd.yaml")._title(tmp_path / "abc123", model)
+    assert title == "run abc123 · sgd.yaml · MLP, SGD lr=0.05"
+
+
+def test_the_worst_examples_file_has_a_neutral_name():
+    assert WORST_EXAMPLES_FILE == "worst_test_images.png"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -28,6 +29,7 @@ from lit_nnopt.reports import RunSummary
 from lit_nnopt.resilience import (
     AtomicCheckpointIO,
     CheckpointError,
+    CheckpointSaveError,
     check_checkpoint,
     config_files,
     find_resumable_checkpoint,
@@ -122,6 +124,45 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint_intact(tmp_path, monkey
     monkeypatch.undo()
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.zeros(3))
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.parametrize(
+    "failure, reason",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "the disk is full"),
+        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 426880 vs 426772"),
+         "the write failed, most likely because the disk is full"),
+        (PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
+    ],
+)
+def test_a_full_disk_says_what_happened_and_which_file_is_intact(tmp_path, monkeypatch, failure, reason):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+
+    def full_disk(obj, file):
+        file.write(b"PK\x03\x04 the first bytes")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointSaveError) as raised:
+        io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    monkeypatch.undo()
+    message = str(raised.value)
+    assert message.startswith(f"Could not save the checkpoint {path}: {reason}")
+    assert "the previous last.ckpt is intact" in message and "--checkpoint.dirpath" in message
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.zeros(3))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_first_save_on_a_full_disk_says_no_file_was_written(tmp_path, monkeypatch):
+    def full_disk(obj, file):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointSaveError, match="disk is full. Nothing was half-written: no best.ckpt was written"):
+        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "best.ckpt")
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_killed_save_never_leaves_a_partial_checkpoint(tmp_path):
@@ -519,7 +560,7 @@ def test_ctrl_c_finishes_the_batch_saves_and_exits_130_then_last_continues_the_r
     returncode, stderr = _interrupt(_start(*args, *_pause(marker, step=5), cwd=tmp_path), marker, signal.SIGINT)
     assert returncode == 130, stderr[-3000:]
     assert "stopping after this batch" in stderr and "SIGINT received: stopped at epoch 0, step 5" in stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr and "SIGTERM" not in stderr  # Lightning's "Received SIGTERM: 15" is silenced
     run = _run_folder(tmp_path / "runs")
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 5 and set(saved["callbacks"]["InterruptCheckpoint"]) == {"rng", "partial_epoch"}

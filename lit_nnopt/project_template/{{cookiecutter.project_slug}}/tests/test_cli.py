@@ -1,13 +1,15 @@
 import csv
 from pathlib import Path
 
+import pytest
+import torch
 {% if cookiecutter.example == "mnist" -%}
 from lit_nnopt import MNISTDataModule, callbacks
 {%- else -%}
 from lit_nnopt import callbacks
 {%- endif %}
 
-from {{ cookiecutter.project_slug }}.cli import build_cli
+from {{ cookiecutter.project_slug }}.cli import build_cli, main
 from {{ cookiecutter.project_slug }}.data import SyntheticDataModule
 from {{ cookiecutter.project_slug }}.model import Classifier
 
@@ -42,3 +44,24 @@ def test_fit_trains_logs_the_learning_rate_and_saves_a_checkpoint_that_reloads(c
     assert (log_dir / "config.yaml").is_file()
     reloaded = Classifier.load_from_checkpoint(cli.trainer.checkpoint_callback.best_model_path)
     assert reloaded.hparams.hidden_size == cli.model.hparams.hidden_size
+
+
+def test_fit_names_the_best_checkpoint_which_holds_the_restored_weights(configs, quick_fit_args, capsys):
+    cli = build_cli(["fit", "--config", str(configs / "default.yaml"), *quick_fit_args])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    out = capsys.readouterr().out
+    assert f"Test it with: python -m {{ cookiecutter.project_slug }} test --config configs/default.yaml --ckpt_path {best}" in out
+    saved = torch.load(best, weights_only=True)["state_dict"]
+    in_memory = cli.model.state_dict()  # what EarlyStopping(restore_best_weights=True) left
+    assert saved.keys() == in_memory.keys()
+    assert all(torch.equal(saved[name], in_memory[name]) for name in saved)
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluating_without_a_checkpoint_is_refused_in_one_paragraph(configs, capsys, subcommand):
+    with pytest.raises(SystemExit) as stop:
+        main([subcommand, "--config", str(configs / "default.yaml")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 1
+    assert f"`{subcommand}` needs trained weights and no --ckpt_path was given" in err
+    assert "Traceback" not in err

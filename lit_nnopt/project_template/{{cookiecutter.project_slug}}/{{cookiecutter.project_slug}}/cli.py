@@ -7,10 +7,46 @@ and ``python -m {{ cookiecutter.project_slug }} fit --help`` lists them all.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from {{ cookiecutter.project_slug }}.model import Classifier
+
+DEBUG_ENV = "{{ cookiecutter.project_slug.upper() }}_DEBUG"
+PROG = "python -m {{ cookiecutter.project_slug }}"
+
+
+class ProjectCLI(LightningCLI):
+    """LightningCLI that refuses to evaluate untrained weights and names the best checkpoint after ``fit``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The `checkpoint:` section of the config: which checkpoints a run keeps, and under what names.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path"):
+            raise ValueError(
+                f"`{self.subcommand}` needs trained weights and no --ckpt_path was given: it would score an "
+                "untrained model. Give the best checkpoint of a run, which `fit` names when it ends "
+                "(runs/lightning_logs/version_N/checkpoints/best-*.ckpt)."
+            )
+
+    def after_fit(self) -> None:
+        checkpoint = self.trainer.checkpoint_callback
+        if not self.trainer.is_global_zero or not isinstance(checkpoint, ModelCheckpoint):
+            return
+        if checkpoint.best_model_path:
+            # EarlyStopping's restore_best_weights and this file watch the same metric: it holds the restored weights.
+            print(
+                f"Best checkpoint ({checkpoint.monitor} {float(checkpoint.best_model_score):.4f}): "
+                f"{checkpoint.best_model_path}\n"
+                f"Test it with: {PROG} test --config configs/default.yaml --ckpt_path {checkpoint.best_model_path}"
+            )
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
@@ -19,7 +55,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     Without ``run`` there is no subcommand: ``build_cli(["--config", path], run=False)``
     only builds the trainer, model and data, as tests and notebooks want.
     """
-    return LightningCLI(
+    return ProjectCLI(
         Classifier,
         LightningDataModule,  # any DataModule: the config's `data.class_path` picks one
         subclass_mode_data=True,
@@ -27,9 +63,22 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
         run=run,
         trainer_defaults={"default_root_dir": "runs"},
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": PROG},
     )
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``python -m {{ cookiecutter.project_slug }}`` and of the ``{{ cookiecutter.project_slug }}`` script."""
-    build_cli(args)
+    """Entry point of ``python -m {{ cookiecutter.project_slug }}`` and of the ``{{ cookiecutter.project_slug }}`` script.
+
+    An error is one paragraph on stderr (set ``{{ cookiecutter.project_slug.upper() }}_DEBUG=1`` for the traceback).
+    """
+    try:
+        build_cli(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("{{ cookiecutter.project_slug }}: interrupted.\n")
+        sys.exit(130)
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"{{ cookiecutter.project_slug }}: error: {error}\n(Set {DEBUG_ENV}=1 to see the traceback.)\n")
+        sys.exit(1)
