@@ -15,6 +15,7 @@ from lit_nnopt.callbacks.grad_norm import GradientNormMonitor
 from lit_nnopt.callbacks.gradient_clipping import GradientClipping
 from lit_nnopt.callbacks.nan_guard import NaNGuard
 from lit_nnopt.callbacks.plateau import ReduceLROnPlateau
+from lit_nnopt.callbacks.steps_per_execution import StepsPerExecution
 from lit_nnopt.resilience import InterruptCheckpoint
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "LearningRateMonitor",
     "NaNGuard",
     "ReduceLROnPlateau",
+    "StepsPerExecution",
 ]
