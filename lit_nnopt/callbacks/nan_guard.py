@@ -36,8 +36,8 @@ class NaNGuard(Callback):
       ``min_epochs``/``min_steps``, as with any callback stop).
 
     Under gradient accumulation, a non-finite loss in any micro-batch skips the whole
-    accumulated step. When one training step runs a group of batches (``MNISTClassifier``'s
-    ``steps_per_execution``), the callback acts at the end of the group: the group's remaining
+    accumulated step. When one training step runs a group of batches
+    (:class:`~lit_nnopt.callbacks.StepsPerExecution`), the callback acts at the end of the group: the group's remaining
     batches are skipped as well, and count as the same skipped step. Put ``NaNGuard`` before :class:`~lit_nnopt.callbacks.GradientClipping`
     in the callbacks list so that the clipping callback does not see the dropped step. The
     snapshot costs one copy of the weights and optimizer state in device memory, refreshed at

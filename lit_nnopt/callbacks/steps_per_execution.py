@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,18 +16,20 @@ from typing_extensions import override
 class GroupedBatches:
     """Serves any iterable of batches as groups of ``steps`` consecutive batches.
 
-    Each item it yields is the group's first batch, as the iterable served it; the group's other
-    batches wait in :meth:`pop_followers`, so that Lightning's hooks and batch transfer see ordinary
-    batches. At most ``max_batches()`` batches are served per iteration (Lightning's
-    ``limit_train_batches``, counted in batches). Every other attribute (``state_dict``,
-    ``sampler``, ``dataset``...) is the wrapped iterable's, so a resumable loader stays resumable.
+    Each item it yields is the group's first batch, as the iterable served it, so that
+    Lightning's hooks and batch transfer see ordinary batches; :meth:`pop_followers` hands over
+    the group's other batches, which are drawn from the iterable only when they are run (or
+    when the next group is fetched): a fit that stops inside a group leaves a resumable loader
+    at the next batch to run. At most ``max_batches()`` batches are served per iteration
+    (Lightning's ``limit_train_batches``, counted in batches). Every other attribute
+    (``state_dict``, ``sampler``, ``dataset``...) is the wrapped iterable's.
     """
 
-    def __init__(self, batches: Iterable, steps: int, max_batches: Any = lambda: None) -> None:
+    def __init__(self, batches: Iterable, steps: int, max_batches: Callable[[], int | None] = lambda: None) -> None:
         self.batches = batches
         self.steps = steps
         self.max_batches = max_batches
-        self._followers: deque[list[Any]] = deque()
+        self._followers: deque[_Followers] = deque()
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
@@ -43,20 +45,58 @@ class GroupedBatches:
         served = 0
         iterator = iter(self.batches)
         while limit is None or served < limit:
-            group = []
-            for batch in iterator:
-                group.append(batch)
-                if len(group) == self.steps or (limit is not None and served + len(group) >= limit):
-                    break
-            if not group:
+            first = next(iterator, _END)
+            if first is _END:
                 return
-            served += len(group)
-            self._followers.append(group[1:])
-            yield group[0]
+            size = self.steps if limit is None else min(self.steps, limit - served)
+            followers = _Followers(iterator, size - 1)
+            self._followers.append(followers)
+            yield first
+            followers.draw_all()  # before the next group's first batch, in the iterable's order
+            served += 1 + followers.drawn
 
-    def pop_followers(self) -> list[Any]:
-        """The batches after the first of the oldest group not yet run (groups may be fetched ahead)."""
-        return self._followers.popleft() if self._followers else []
+    def pop_followers(self) -> _Followers:
+        """The rest of the oldest group not yet run (Lightning may fetch a group ahead)."""
+        return self._followers.popleft() if self._followers else _Followers(iter(()), 0)
+
+
+_END = object()
+
+
+class _Followers:
+    """The batches of a group after its first, drawn from the iterator when asked for."""
+
+    def __init__(self, iterator: Iterator[Any], count: int) -> None:
+        self._iterator = iterator
+        self._undrawn = count
+        self._waiting: deque[Any] = deque()
+        self.drawn = 0
+
+    def __len__(self) -> int:
+        """The batches left, at most: the loader may end first."""
+        return len(self._waiting) + self._undrawn
+
+    def __iter__(self) -> Iterator[Any]:
+        while (batch := self.pop()) is not _END:
+            yield batch
+
+    def pop(self) -> Any:
+        if not self._waiting:
+            self._draw()
+        return self._waiting.popleft() if self._waiting else _END
+
+    def draw_all(self) -> None:
+        while self._undrawn:
+            self._draw()
+
+    def _draw(self) -> None:
+        if not self._undrawn:
+            return
+        batch = next(self._iterator, _END)
+        self._undrawn = self._undrawn - 1 if batch is not _END else 0
+        if batch is not _END:
+            self._waiting.append(batch)
+            self.drawn += 1
 
 
 class StepsPerExecution(Callback):
@@ -171,15 +211,16 @@ class StepsPerExecution(Callback):
         last_group = fetcher.done if fetcher.length is None else fetcher.fetched + len(followers) >= fetcher.length
         loop.batch_progress.is_last_batch = last_group and not followers
         output = self._run_one_batch(optimizer, batch_idx, kwargs)
-        for position, batch in enumerate(followers, start=2):
-            if loop.done:  # max_steps reached, or a callback stopped the fit
+        while followers and not loop.done:  # done: max_steps reached, or a callback stopped the fit
+            batch = followers.pop()
+            if batch is _END:
                 break
             _close_batch(trainer)
             batch = _transfer(trainer, batch)
             fetcher.fetched += 1
             if fetcher.length is not None:
                 fetcher.done = fetcher.fetched >= fetcher.length
-            loop.batch_progress.is_last_batch = last_group and position == len(followers) + 1
+            loop.batch_progress.is_last_batch = last_group and not followers
             loop.batch_progress.increment_ready()
             trainer._logger_connector.on_batch_start(batch)
             loop.batch_progress.increment_started()
