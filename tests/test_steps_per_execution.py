@@ -340,6 +340,7 @@ class CountHooks(Callback):
         self.counts: Counter[str] = Counter()
         self.steps_seen: list[int] = []
         self.batch_end_indices: list[int] = []
+        self.last_batch_flags: list[bool] = []
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         self.counts["on_before_backward"] += 1
@@ -354,6 +355,7 @@ class CountHooks(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.counts["on_train_batch_end"] += 1
         self.batch_end_indices.append(batch_idx)
+        self.last_batch_flags.append(trainer.is_last_batch)
 
 
 def test_step_hooks_run_per_optimizer_step_and_batch_hooks_per_group():
@@ -367,6 +369,8 @@ def test_step_hooks_run_per_optimizer_step_and_batch_hooks_per_group():
     assert single_hooks.counts["on_train_batch_end"] == 22
     assert grouped_hooks.counts["on_train_batch_end"] == 8
     assert grouped_hooks.batch_end_indices == [0, 3, 6, 9] * 2, "the index of the group's first batch"
+    assert grouped_hooks.last_batch_flags == [False, False, False, True] * 2
+    assert single_hooks.last_batch_flags == ([False] * 10 + [True]) * 2
 
 
 @pytest.mark.parametrize(
@@ -500,10 +504,14 @@ def _error_paragraph(result) -> str:
     ],
     ids=["clip", "accumulate"],
 )
-def test_cli_refuses_trainer_options_that_a_group_cannot_honour(args, option, tmp_path):
-    result = run_cli("fit", "--config", str(CONFIGS / "adam.yaml"), "--trainer.default_root_dir", str(tmp_path), *args)
+def test_cli_refuses_trainer_options_that_a_group_cannot_honour(args, option, mnist_dir, tmp_path):
+    result = run_cli(
+        "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
+        "--trainer.default_root_dir", str(tmp_path), *args,
+    )
     message = _error_paragraph(result)
     assert option in message and "StepsPerExecution(steps=32)" in message
+    assert not list(tmp_path.rglob("*.ckpt")), "refused before any training"
 
 
 def _cli_fits(mnist_dir: Path, root: Path, *extra: str) -> tuple[dict, dict]:
