@@ -302,6 +302,23 @@ def test_foreign_module_trains_bitwise_alike(trainer_kwargs):
     _assert_same_training(grouped, single)
 
 
+class ForeignModuleWithBatchHook(ForeignModule):
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        images, labels = batch
+        return images.flip(-1), labels  # a mirror "augmentation": every batch must go through it
+
+
+def test_foreign_module_batch_transfer_hooks_see_every_batch():
+    pl.seed_everything(11, verbose=False)
+    single = _fit(1, model=ForeignModuleWithBatchHook(), validate=True)
+    pl.seed_everything(11, verbose=False)
+    grouped = _fit(K, model=ForeignModuleWithBatchHook(), validate=True)
+    pl.seed_everything(11, verbose=False)
+    without_hook = _fit(1, model=ForeignModule(), validate=True)
+    assert not torch.equal(single[0].layer.weight, without_hook[0].layer.weight)
+    _assert_same_training(grouped, single)
+
+
 class RecordLoggedSteps(pl.loggers.Logger):
     """A logger that keeps what it receives."""
 

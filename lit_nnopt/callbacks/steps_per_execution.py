@@ -8,8 +8,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins.precision.precision import Precision as FabricPrecision
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 
@@ -142,6 +144,7 @@ class StepsPerExecution(Callback):
             raise ValueError(f"`steps` must be a positive number of batches per training step, got {steps!r}.")
         self.steps = steps
         self._run_one_batch: Any = None
+        self._default_batch_handling = False
 
     @property
     def batches_per_step(self) -> int:
@@ -162,6 +165,7 @@ class StepsPerExecution(Callback):
         if self.steps == 1:
             return
         optimization = trainer.fit_loop.epoch_loop.automatic_optimization
+        self._default_batch_handling = _default_batch_handling(trainer)
         self._run_one_batch = optimization.run
         optimization.run = self._run_group
         self._group_train_loader(trainer)
@@ -216,7 +220,8 @@ class StepsPerExecution(Callback):
             if batch is _END:
                 break
             _close_batch(trainer)
-            batch = _transfer(trainer, batch)
+            if not (self._default_batch_handling and _on_device(batch, trainer.strategy.root_device)):
+                batch = _transfer(trainer, batch)
             fetcher.fetched += 1
             if fetcher.length is not None:
                 fetcher.done = fetcher.fetched >= fetcher.length
@@ -248,6 +253,23 @@ def _transfer(trainer: pl.Trainer, batch: Any) -> Any:
     batch = trainer.precision_plugin.convert_input(batch)
     batch = trainer.lightning_module._on_before_batch_transfer(batch, dataloader_idx=0)
     return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+
+
+def _default_batch_handling(trainer: pl.Trainer) -> bool:
+    """Whether Lightning's conversion and transfer leave a batch already on the device as it is."""
+    hooks = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+    owners = [(trainer.lightning_module, pl.LightningModule)]
+    if trainer.datamodule is not None:
+        owners.append((trainer.datamodule, pl.LightningDataModule))
+    overridden = any(is_overridden(hook, owner, parent) for hook in hooks for owner, parent in owners)
+    return not overridden and type(trainer.precision_plugin).convert_input is FabricPrecision.convert_input
+
+
+def _on_device(batch: Any, device: torch.device) -> bool:
+    # The common case only, checked cheaply: a tuple or list of tensors.
+    return isinstance(batch, (tuple, list)) and all(
+        isinstance(item, torch.Tensor) and item.device == device for item in batch
+    )
 
 
 def _with_batch(kwargs: OrderedDict, batch: Any, batch_idx: int) -> OrderedDict:
