@@ -74,7 +74,7 @@ def run_reference(data_dir: str, epochs: int) -> list[float]:
             optimizer.step()
         net.eval()
         with torch.no_grad():
-            correct = sum((net(x).argmax(1) == y).sum() for x, y in zip(val_x.split(1000), val_y.split(1000)))
+            correct = sum((net(x).argmax(1) == y).sum() for x, y in zip(val_x.split(1000), val_y.split(1000), strict=True))
         print(f"val_acc {correct.item() / len(val_y):.4f}", file=sys.stderr)
         stamps.append(time.perf_counter())
     return [b - a for a, b in itertools.pairwise(stamps)]
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     whole = {
         runner: statistics.median(
             whole_process_seconds_per_epoch(long["wall_seconds"], short["wall_seconds"], args.epochs)
-            for long, short in zip(reports[runner], one_epoch[runner])
+            for long, short in zip(reports[runner], one_epoch[runner], strict=True)
         )
         for runner in runners
     }

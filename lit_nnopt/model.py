@@ -165,7 +165,9 @@ class MNISTClassifier(pl.LightningModule):
             # Lightning computes the metric objects at the epoch's end from all their updates, then
             # resets them: handing them over once an epoch is enough, and each `self.log` call costs
             # more than a training step of a small network.
-            self.log_dict({f"{split}_loss": loss_metric, f"{split}_acc": accuracy}, on_step=False, on_epoch=True, prog_bar=True)
+            self.log_dict(
+                {f"{split}_loss": loss_metric, f"{split}_acc": accuracy}, on_step=False, on_epoch=True, prog_bar=True
+            )
         return loss
 
     @override

@@ -48,7 +48,7 @@ def _val_loader() -> BatchLoader:
 
 def _assert_same_batches(actual: list, expected: list) -> None:
     assert len(actual) == len(expected)
-    for (images, labels), (expected_images, expected_labels) in zip(actual, expected):
+    for (images, labels), (expected_images, expected_labels) in zip(actual, expected, strict=True):
         assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
 
 
@@ -117,8 +117,14 @@ def test_steps_must_be_a_positive_integer(steps):
 
 def _trainer(steps: int, callbacks: list | None = None, **kwargs) -> pl.Trainer:
     defaults = {
-        "accelerator": "cpu", "devices": 1, "max_epochs": 3, "logger": False, "enable_checkpointing": False,
-        "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 3,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
         "log_every_n_steps": 1,
     }
     return pl.Trainer(**{**defaults, **kwargs}, callbacks=[*(callbacks or []), StepsPerExecution(steps)])
@@ -142,7 +148,9 @@ def _model(
 
 
 def _fit(steps: int, *, validate: bool = False, model: pl.LightningModule | None = None, **kwargs) -> tuple:
-    model_kwargs = {k: kwargs.pop(k) for k in ("optimizer", "lr_scheduler", "interval", "frequency", "dropout") if k in kwargs}
+    model_kwargs = {
+        k: kwargs.pop(k) for k in ("optimizer", "lr_scheduler", "interval", "frequency", "dropout") if k in kwargs
+    }
     model = model if model is not None else _model(**model_kwargs)
     trainer = _trainer(steps, **kwargs)
     trainer.fit(model, train_dataloaders=_loader(), val_dataloaders=_val_loader() if validate else None)
@@ -168,7 +176,9 @@ def _assert_same_training(grouped: tuple, single: tuple) -> None:
     (grouped_model, grouped_trainer), (single_model, single_trainer) = grouped, single
     assert grouped_trainer.global_step == single_trainer.global_step
     _assert_same_tensors(grouped_model.state_dict(), single_model.state_dict())
-    _assert_same_tensors(grouped_trainer.optimizers[0].state_dict()["state"], single_trainer.optimizers[0].state_dict()["state"])
+    _assert_same_tensors(
+        grouped_trainer.optimizers[0].state_dict()["state"], single_trainer.optimizers[0].state_dict()["state"]
+    )
     assert [c.scheduler.state_dict() for c in grouped_trainer.lr_scheduler_configs] == [
         c.scheduler.state_dict() for c in single_trainer.lr_scheduler_configs
     ]
@@ -293,7 +303,9 @@ def _fit_foreign(steps: int, **kwargs) -> tuple:
     return _fit(steps, model=model, validate=True, **kwargs)
 
 
-@pytest.mark.parametrize("trainer_kwargs", [{}, {"max_steps": 13}, {"limit_train_batches": 8}], ids=["epochs", "max_steps", "limit"])
+@pytest.mark.parametrize(
+    "trainer_kwargs", [{}, {"max_steps": 13}, {"limit_train_batches": 8}], ids=["epochs", "max_steps", "limit"]
+)
 def test_foreign_module_trains_bitwise_alike(trainer_kwargs):
     single = _fit_foreign(1, **trainer_kwargs)
     grouped = _fit_foreign(K, **trainer_kwargs)
@@ -391,7 +403,9 @@ def test_step_hooks_run_per_optimizer_step_and_batch_hooks_per_group():
 
 
 @pytest.mark.parametrize(
-    "clipping", [{"mode": "norm", "max_norm": 0.05}, {"mode": "autoclip", "autoclip_percentile": 10.0}], ids=["norm", "autoclip"]
+    "clipping",
+    [{"mode": "norm", "max_norm": 0.05}, {"mode": "autoclip", "autoclip_percentile": 10.0}],
+    ids=["norm", "autoclip"],
 )
 def test_gradient_clipping_callback_clips_every_step_alike(clipping):
     single_clipping, grouped_clipping = GradientClipping(**clipping), GradientClipping(**clipping)
@@ -434,7 +448,9 @@ def test_nan_guard_skips_the_rest_of_the_group_then_rolls_back():
     guard, starts = NaNGuard(action="rollback"), WeightsAtGroupStart()
     model = MNISTClassifier(net=NaNAtCall(5))
     trainer = _trainer(K, max_epochs=1, callbacks=[guard, starts])
-    with pytest.warns(UserWarning, match="non-finite loss at step 4 .*rolled back to the weights and optimizer state before step 3"):
+    with pytest.warns(
+        UserWarning, match="non-finite loss at step 4 .*rolled back to the weights and optimizer state before step 3"
+    ):
         trainer.fit(model, train_dataloaders=_loader())
     assert (guard.skipped_steps, guard.rollbacks) == (1, 1)
     _assert_same_tensors(starts.weights[2], starts.weights[1])  # group 2 left no trace
@@ -480,7 +496,7 @@ def test_steps_1_accepts_what_groups_refuse():
 
 
 class SaveAtStep(Callback):
-    """Saves a checkpoint after the training step that reaches ``step``, mid-epoch, as ModelCheckpoint(every_n_train_steps) does."""
+    """Saves a checkpoint mid-epoch after the step that reaches ``step``, as ModelCheckpoint(every_n_train_steps) does."""
 
     def __init__(self, step: int, path: Path) -> None:
         self.step, self.path = step, path
@@ -492,10 +508,15 @@ class SaveAtStep(Callback):
 
 @pytest.mark.parametrize("first, second", [(K, K), (K, 1), (1, K), (K, 2)])
 def test_resume_mid_epoch_with_any_group_size_trains_bitwise_alike(first, second, tmp_path):
-    exponential = {"lr_scheduler": EXPONENTIAL, "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}}
+    exponential = {
+        "lr_scheduler": EXPONENTIAL,
+        "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
+    }
     path = tmp_path / "mid.ckpt"
     whole = _fit(first, callbacks=[SaveAtStep(6, path)], **exponential)  # 6: after the second group
-    assert torch.load(path, weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"] == 6
+    assert (
+        torch.load(path, weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"] == 6
+    )
     resumed_model = _model(**exponential)
     resumed = _trainer(second)
     resumed.fit(resumed_model, train_dataloaders=_loader(), ckpt_path=path)
@@ -523,8 +544,14 @@ def _error_paragraph(result) -> str:
 )
 def test_cli_refuses_trainer_options_that_a_group_cannot_honour(args, option, mnist_dir, tmp_path):
     result = run_cli(
-        "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-        "--trainer.default_root_dir", str(tmp_path), *args,
+        "fit",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        *args,
     )
     message = _error_paragraph(result)
     assert option in message and "StepsPerExecution(steps=32)" in message
@@ -536,10 +563,22 @@ def _cli_fits(mnist_dir: Path, root: Path, *extra: str) -> tuple[dict, dict]:
 
     def fit(steps: int) -> dict:
         result = run_cli(
-            "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-            "--trainer.default_root_dir", str(root / f"k{steps}"), "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "2",
-            "--trainer.callbacks.steps", str(steps), *extra,
+            "fit",
+            "--config",
+            str(CONFIGS / "adam.yaml"),
+            "--data.data_dir",
+            str(mnist_dir),
+            "--trainer.default_root_dir",
+            str(root / f"k{steps}"),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.callbacks.steps",
+            str(steps),
+            *extra,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         (last,) = (root / f"k{steps}").rglob("last.ckpt")
@@ -563,9 +602,7 @@ def test_cli_fit_with_groups_saves_the_weights_of_single_batches(mnist_dir, tmp_
 
 def test_cli_limit_train_batches_counts_batches_not_groups(mnist_dir, tmp_path):
     """`--trainer.limit_train_batches 10` trains on 10 batches whatever the group size, as Keras' steps_per_epoch."""
-    grouped, single = _cli_fits(
-        mnist_dir, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "10"
-    )
+    grouped, single = _cli_fits(mnist_dir, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "10")
     assert grouped["global_step"] == single["global_step"] == 20
     _assert_same_tensors(grouped["state_dict"], single["state_dict"])
 
@@ -582,17 +619,39 @@ class DumpWeights(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         weights = {name: tensor.clone() for name, tensor in pl_module.state_dict().items()}
-        torch.save({"global_step": trainer.global_step, "weights": weights}, self.out_dir / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {"global_step": trainer.global_step, "weights": weights}, self.out_dir / f"rank{trainer.global_rank}.pt"
+        )
 
 
 def _ddp_fit(mnist_dir: Path, root: Path, steps: int) -> list[dict]:
     result = run_cli(
-        "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-        "--trainer.default_root_dir", str(root / "runs"), "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
-        "--trainer.callbacks.steps", str(steps),
-        "--trainer.callbacks+=tests.test_steps_per_execution.DumpWeights", "--trainer.callbacks.out_dir", str(root / "ranks"),
+        "fit",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.default_root_dir",
+        str(root / "runs"),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.callbacks.steps",
+        str(steps),
+        "--trainer.callbacks+=tests.test_steps_per_execution.DumpWeights",
+        "--trainer.callbacks.out_dir",
+        str(root / "ranks"),
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return [torch.load(root / "ranks" / f"rank{rank}.pt", weights_only=True) for rank in range(2)]

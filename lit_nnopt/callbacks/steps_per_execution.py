@@ -182,7 +182,9 @@ class StepsPerExecution(Callback):
             self._run_one_batch = None
         loader = trainer.fit_loop._combined_loader
         if loader is not None and any(isinstance(batches, GroupedBatches) for batches in loader.flattened):
-            loader.flattened = [getattr(b, "batches", b) if isinstance(b, GroupedBatches) else b for b in loader.flattened]
+            loader.flattened = [
+                getattr(b, "batches", b) if isinstance(b, GroupedBatches) else b for b in loader.flattened
+            ]
 
     def _group_train_loader(self, trainer: pl.Trainer) -> None:
         fit_loop = trainer.fit_loop
