@@ -74,7 +74,8 @@ def run_reference(data_dir: str, epochs: int) -> list[float]:
             optimizer.step()
         net.eval()
         with torch.no_grad():
-            correct = sum((net(x).argmax(1) == y).sum() for x, y in zip(val_x.split(1000), val_y.split(1000), strict=True))
+            batches = zip(val_x.split(1000), val_y.split(1000), strict=True)
+            correct = sum((net(x).argmax(1) == y).sum() for x, y in batches)
         print(f"val_acc {correct.item() / len(val_y):.4f}", file=sys.stderr)
         stamps.append(time.perf_counter())
     return [b - a for a, b in itertools.pairwise(stamps)]

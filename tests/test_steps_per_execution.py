@@ -496,7 +496,7 @@ def test_steps_1_accepts_what_groups_refuse():
 
 
 class SaveAtStep(Callback):
-    """Saves a checkpoint mid-epoch after the step that reaches ``step``, as ModelCheckpoint(every_n_train_steps) does."""
+    """Saves a checkpoint mid-epoch after the step reaching ``step``, as ModelCheckpoint(every_n_train_steps) does."""
 
     def __init__(self, step: int, path: Path) -> None:
         self.step, self.path = step, path
