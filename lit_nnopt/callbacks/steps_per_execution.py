@@ -127,8 +127,8 @@ class StepsPerExecution(Callback):
         ValueError: ``steps`` is not a positive integer.
         MisconfigurationException: at fit start, for a module under manual optimization, with
             ``Trainer(gradient_clip_val=...)`` or ``accumulate_grad_batches > 1``, with a
-            ``val_check_interval`` that falls inside a group, or a ReduceLROnPlateau scheduler
-            stepped every step.
+            ``val_check_interval`` that falls inside a group, a ReduceLROnPlateau scheduler
+            stepped every step, or more than one train dataloader.
 
     Example::
 
@@ -145,10 +145,6 @@ class StepsPerExecution(Callback):
         self.steps = steps
         self._run_one_batch: Any = None
         self._default_batch_handling = False
-
-    @property
-    def batches_per_step(self) -> int:
-        return self.steps
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
