@@ -10,7 +10,6 @@ from typing import Any
 _EXPORTS = {
     "AtomicCheckpointIO": "lit_nnopt.resilience",
     "AutoWandbLogger": "lit_nnopt.loggers",
-    "BatchGroup": "lit_nnopt.data",
     "BatchLoader": "lit_nnopt.data",
     "CNN": "lit_nnopt.networks",
     "MLP": "lit_nnopt.networks",
@@ -18,18 +17,19 @@ _EXPORTS = {
     "MNISTDataModule": "lit_nnopt.data",
     "RunPictures": "lit_nnopt.plots",
     "RunSummary": "lit_nnopt.reports",
+    "StepsPerExecution": "lit_nnopt.callbacks",
 }
 __all__ = [  # provided by __getattr__
     "CNN",
     "MLP",
     "AtomicCheckpointIO",
     "AutoWandbLogger",
-    "BatchGroup",
     "BatchLoader",
     "MNISTClassifier",
     "MNISTDataModule",
     "RunPictures",
     "RunSummary",
+    "StepsPerExecution",
 ]
 __version__ = "0.1.0"
 

@@ -123,8 +123,6 @@ class LitNNOptCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # One run folder: the logger's (W&B, TensorBoard, CSV) lands under --trainer.default_root_dir.
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
-        # One setting: the model runs groups of batches only if the data serves them.
-        parser.link_arguments("model.steps_per_execution", "data.steps_per_execution")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val_acc",
@@ -238,7 +236,6 @@ class LitNNOptCLI(LightningCLI):
             )
         _check_dropout(config)
         _check_patience(config)
-        _check_steps_per_execution(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand != "fit":  # an evaluation in a run's folder keeps the config.yaml of its fit
@@ -355,25 +352,6 @@ def _check_patience(config: Any) -> None:
                 f"`{where}.init_args.patience` of {namespace.get('class_path')} must be >= 0, got {patience!r}: "
                 "it counts the checks without improvement to wait for."
             )
-
-
-def _check_steps_per_execution(config: Any) -> None:
-    steps = config.get("model", {}).get("steps_per_execution", 1)
-    trainer = config.get("trainer", {})
-    if steps == 1:
-        return
-    if trainer.get("gradient_clip_val"):
-        raise ConfigError(
-            f"`--trainer.gradient_clip_val` does not work with `--model.steps_per_execution {steps}`: "
-            "Lightning clips only the steps it takes itself. Clip with the GradientClipping callback "
-            "(see configs/clipping.yaml), or set `--model.steps_per_execution 1`."
-        )
-    if (trainer.get("accumulate_grad_batches") or 1) != 1:
-        raise ConfigError(
-            f"`--trainer.accumulate_grad_batches` does not work with `--model.steps_per_execution {steps}`: "
-            "each batch of a group gets its own optimizer step. Set `--model.steps_per_execution 1`, "
-            "or raise `--data.batch_size` instead of accumulating."
-        )
 
 
 def _check_output_dirs(config: Any) -> None:

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -30,21 +30,6 @@ _CONVERSION_CHUNK = 4096
 
 def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV, "./data")
-
-
-class BatchGroup(NamedTuple):
-    """Consecutive training batches served as one item, to run in one training step.
-
-    What :class:`BatchLoader` yields with ``steps_per_execution > 1``: the images and labels
-    of the batches one after the other, and the batch size that splits them again.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    batch_size: int
-
-    def batches(self) -> zip:
-        return zip(self.images.split(self.batch_size), self.labels.split(self.batch_size))
 
 
 class BatchLoader:
@@ -69,12 +54,6 @@ class BatchLoader:
         current_epoch: the trainer's epoch counter. When given, an epoch starts from that
             epoch's first batch unless the loader was restored mid-way through that very epoch
             (an epoch cut short by ``limit_train_batches`` is not resumed in the next one).
-        steps_per_execution: serve this many consecutive batches at a time as one
-            :class:`BatchGroup` (the last group of an epoch may hold fewer); 1 serves
-            ``(images, labels)`` batches.
-        max_batches: serve at most this many batches per epoch. The data module passes the
-            trainer's integer ``limit_train_batches``, which Lightning applies to what the
-            loader yields, here groups: the limit then counts batches, as it does without groups.
     """
 
     def __init__(
@@ -89,11 +68,7 @@ class BatchLoader:
         mean: float = 0.0,
         std: float = 1.0,
         current_epoch: Callable[[], int] | None = None,
-        steps_per_execution: int = 1,
-        max_batches: int | None = None,
     ) -> None:
-        if steps_per_execution < 1:
-            raise ValueError(f"`steps_per_execution` must be >= 1, got {steps_per_execution}.")
         self.images = images
         self.labels = labels
         self.batch_size = batch_size
@@ -102,8 +77,6 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.current_epoch = current_epoch
-        self.steps_per_execution = steps_per_execution
-        self.max_batches = max_batches
         self.scale = 1.0 / (255.0 * std)
         self.shift = mean / std
         self._next_epoch = 0
@@ -117,11 +90,10 @@ class BatchLoader:
 
     @property
     def batches_per_epoch(self) -> int:
-        batches = math.ceil(self.shard_size / self.batch_size)
-        return batches if self.max_batches is None else min(batches, self.max_batches)
+        return math.ceil(self.shard_size / self.batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(self.batches_per_epoch / self.steps_per_execution)
+        return self.batches_per_epoch
 
     def indices(self, epoch: int) -> torch.Tensor:
         """The sample indices this rank serves in ``epoch``, in order."""
@@ -142,15 +114,10 @@ class BatchLoader:
         epoch, first = self._next_epoch, self._resume_batch
         self._next_epoch, self._resume_batch = epoch + 1, 0
         order = self.indices(epoch)
-        grouped = self.steps_per_execution > 1
-        chunk = self.steps_per_execution if grouped else max(1, _CONVERSION_CHUNK // self.batch_size)
+        chunk = max(1, _CONVERSION_CHUNK // self.batch_size)
         for start in range(first, self.batches_per_epoch, chunk):
             stop = min(start + chunk, self.batches_per_epoch)
             images, labels = self._rows(order, start * self.batch_size, stop * self.batch_size)
-            if grouped:
-                self._served = (epoch, stop)
-                yield BatchGroup(images, labels, self.batch_size)
-                continue
             for batch, batch_images, batch_labels in zip(
                 range(start + 1, stop + 1), images.split(self.batch_size), labels.split(self.batch_size)
             ):
@@ -175,23 +142,9 @@ class BatchLoader:
         epoch, served = self._served
         if served >= self.batches_per_epoch:
             epoch, served = epoch + 1, 0
-        return {
-            "epoch": epoch,
-            "batches_served": served,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "steps_per_execution": self.steps_per_execution,
-        }
+        return {"epoch": epoch, "batches_served": served, "seed": self.seed, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        saved = state.get("steps_per_execution", 1)
-        if saved != self.steps_per_execution and state["batches_served"]:
-            # The trainer counts executions, not batches: its place in the epoch would not match ours.
-            raise DataError(
-                f"This checkpoint stopped mid-epoch with steps_per_execution={saved}; resume it with "
-                f"`--model.steps_per_execution {saved}` (now {self.steps_per_execution}), or resume "
-                "from a checkpoint taken at the end of an epoch."
-            )
         self._next_epoch = state["epoch"]
         self._resume_batch = state["batches_served"]
         self._served = (self._next_epoch, self._resume_batch)
@@ -215,9 +168,6 @@ class MNISTDataModule(pl.LightningDataModule):
         dataset: ``mnist`` or ``fashion_mnist``.
         standardize: subtract the training mean and divide by its standard deviation after
             scaling pixels to [0, 1]; off, inputs are ``pixel / 255`` as in Keras tutorials.
-        steps_per_execution: serve the training batches in groups of this many, for a model
-            that runs them in one training step (``MNISTClassifier(steps_per_execution=...)``;
-            the CLI sets both from ``--model.steps_per_execution``).
     """
 
     def __init__(
@@ -231,7 +181,6 @@ class MNISTDataModule(pl.LightningDataModule):
         seed: int = 42,
         dataset: Literal["mnist", "fashion_mnist"] = "mnist",
         standardize: bool = False,
-        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -240,8 +189,6 @@ class MNISTDataModule(pl.LightningDataModule):
             raise ValueError(f"`val_split_mode` can be random, last, got {val_split_mode!r}.")
         if not 0.0 < val_split < 1.0:
             raise ValueError(f"`val_split` must lie strictly between 0 and 1, got {val_split}.")
-        if steps_per_execution < 1:
-            raise ValueError(f"`steps_per_execution` must be >= 1, got {steps_per_execution}.")
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value <= 0:
                 raise ValueError(f"`{name}` must be a positive number of samples, got {value}.")
@@ -254,7 +201,6 @@ class MNISTDataModule(pl.LightningDataModule):
         self.seed = seed
         self.dataset = dataset
         self.standardize = standardize
-        self.steps_per_execution = steps_per_execution
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._loaders: dict[str, BatchLoader] = {}
 
@@ -354,8 +300,7 @@ class MNISTDataModule(pl.LightningDataModule):
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         loader = self._loaders.get(split)
-        max_batches = self._batch_limit(split)
-        if loader is None or (loader.rank, loader.world_size, loader.max_batches) != (rank, world_size, max_batches):
+        if loader is None or (loader.rank, loader.world_size) != (rank, world_size):
             images, labels = self._splits[split]
             if device.type == "cuda":  # MNIST is 47 MB: keep it on the GPU, no copy per batch
                 images, labels = images.to(device), labels.to(device)
@@ -364,16 +309,9 @@ class MNISTDataModule(pl.LightningDataModule):
                 shuffle=split == "train", seed=self.seed,
                 rank=rank, world_size=world_size, mean=self._mean, std=self._std,
                 current_epoch=(lambda: trainer.current_epoch) if trainer and split == "train" else None,
-                steps_per_execution=self.steps_per_execution if split == "train" else 1,
-                max_batches=max_batches,
             )
             self._loaders[split] = loader
         return loader
-
-    def _batch_limit(self, split: str) -> int | None:
-        limit = self.trainer.limit_train_batches if self.trainer and split == "train" else None
-        grouped = self.steps_per_execution > 1
-        return limit if grouped and isinstance(limit, int) and not isinstance(limit, bool) else None
 
     def train_dataloader(self) -> BatchLoader:
         return self._loader("train")

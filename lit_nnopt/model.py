@@ -10,13 +10,11 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import instantiate_class
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import Metric
+from typing_extensions import override
 
-from lit_nnopt.data import BatchGroup
 from lit_nnopt.networks import MLP
 
 _NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -37,63 +35,56 @@ def describe(net: nn.Module) -> dict[str, Any]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(net, "init_args", {}))}
 
 
-class LossAndAccuracy(Metric):
-    """Sample-weighted mean loss and accuracy of one split over an epoch, synchronized under DDP.
+class MeanLoss(Metric):
+    """The sample-weighted mean of per-batch mean losses over an epoch, synchronized under DDP."""
 
-    One metric with three sums rather than ``MeanMetric`` plus ``MulticlassAccuracy``: those
-    validate their inputs and compute per-class statistics on every batch, which costs more
-    than the training step of a small network.
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("loss_sum", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, loss: torch.Tensor, count: int) -> None:
+        # In place: `self.total += n` would go through nn.Module.__setattr__ on every batch.
+        self.loss_sum.add_(loss.detach(), alpha=count)
+        self.total.add_(count)
+
+    def compute(self) -> torch.Tensor:
+        return self.loss_sum / self.total
+
+
+class Accuracy(Metric):
+    """The fraction of samples whose largest logit is the label's, synchronized under DDP.
+
+    Rather than torchmetrics' ``MulticlassAccuracy``, which validates its inputs and computes
+    per-class statistics on every batch: that costs more than the training step of a small network.
     """
 
     full_state_update = False
 
-    def __init__(self, split: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.split = split
-        self.add_state("loss_sum", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(
-        self,
-        loss: torch.Tensor | list[torch.Tensor],
-        logits: torch.Tensor | list[torch.Tensor],
-        target: torch.Tensor | list[torch.Tensor],
-    ) -> None:
-        """Add one batch, or several at once as lists with one entry per batch (the same sums)."""
-        losses, all_logits, targets = ([value] if isinstance(value, torch.Tensor) else value for value in (loss, logits, target))
-        # In place: `self.total += n` would go through nn.Module.__setattr__ on every batch.
-        for batch_loss, batch_target in zip(losses, targets):  # in order: the float sum of one batch at a time
-            self.loss_sum.add_(batch_loss.detach(), alpha=len(batch_target))
-        predictions = torch.cat([batch_logits.detach().argmax(dim=1) for batch_logits in all_logits])
-        self.correct.add_((predictions == torch.cat(targets)).sum())
-        self.total.add_(len(predictions))
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.correct.add_((logits.detach().argmax(dim=1) == target).sum())
+        self.total.add_(len(target))
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        return {f"{self.split}_loss": self.loss_sum / self.total, f"{self.split}_acc": self.correct / self.total}
-
-    def compute_and_reset(self) -> dict[str, torch.Tensor]:
-        values = self.compute()
-        self.reset()
-        return values
-
-
-def _plateau_monitor(config: LRSchedulerConfig) -> str | None:
-    """The metric that a ReduceLROnPlateau scheduler monitors; None for other schedulers.
-
-    Under manual optimization Lightning leaves ``reduce_on_plateau`` False and ``monitor`` None
-    in the scheduler configs, so the scheduler's class tells.
-    """
-    if not (config.reduce_on_plateau or isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
-        return None
-    return config.monitor or getattr(config.scheduler, "monitor", "val_loss")
+    def compute(self) -> torch.Tensor:
+        return self.correct / self.total
 
 
 class MNISTClassifier(pl.LightningModule):
     """Trains a network with cross-entropy and reports loss and accuracy per split.
 
-    Logs ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``.
-    As in Keras, each loss includes the network's regularization penalty (if it has one).
+    Logs ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``, ``test_loss`` and
+    ``test_acc`` once per epoch, to every logger and to the callbacks. As in Keras, each loss
+    includes the network's regularization penalty (if it has one).
+
+    Hooks: ``training_step``, ``validation_step``, ``test_step``, ``predict_step``,
+    ``configure_optimizers``, ``configure_model`` (for ``compile``).
 
     Args:
         net: the network (``class_path`` in YAML); defaults to ``MLP()``. A ``class_path``
@@ -105,20 +96,18 @@ class MNISTClassifier(pl.LightningModule):
         lr_scheduler_frequency: step it every this many intervals.
         exempt_bias_and_norm_from_weight_decay: put biases and norm-layer parameters in a
             parameter group with ``weight_decay=0`` (what AdamW users usually want).
-        compile: run the network through ``torch.compile`` (pays off on GPUs; the first
-            steps then take longer while it compiles).
-        steps_per_execution: run this many batches, each with its own optimizer step, in one
-            Lightning training step, as Keras' ``compile(steps_per_execution=...)`` does. The
-            weights, optimizer steps and LR schedule are those of one batch per step; only
-            Lightning's per-batch work (``on_train_batch_start``/``end`` hooks, the progress
-            bar, step logging) happens once per group instead of once per batch, which is most
-            of the framework's time for a network this small. Hooks around each optimizer step
-            (``on_before_backward``, ``on_after_backward``, ``on_before_optimizer_step``) still
-            run at every step. The data module must serve groups of as many batches
-            (``MNISTDataModule(steps_per_execution=...)``; the CLI links the two). Lightning
-            then uses manual optimization, so ``Trainer(gradient_clip_val=...)`` and
-            ``accumulate_grad_batches`` are not available: clip with
-            :class:`~lit_nnopt.callbacks.GradientClipping`.
+        compile: compile the network in place with ``torch.compile`` (pays off on GPUs; the
+            first steps then take longer while it compiles). Its state-dict keys do not change,
+            so checkpoints load into compiled and uncompiled models alike.
+
+    Raises:
+        ValueError: ``lr_scheduler_interval`` or ``lr_scheduler_frequency`` is out of range.
+
+    Example::
+
+        model = MNISTClassifier(net=MLP([128], dropout=0.2),
+                                optimizer={"class_path": "torch.optim.Adam", "init_args": {"lr": 0.002}})
+        pl.Trainer(max_epochs=5).fit(model, datamodule=MNISTDataModule())
     """
 
     def __init__(
@@ -130,19 +119,12 @@ class MNISTClassifier(pl.LightningModule):
         lr_scheduler_frequency: int = 1,
         exempt_bias_and_norm_from_weight_decay: bool = True,
         compile: bool = False,
-        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
         if lr_scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"`lr_scheduler_interval` can be step, epoch, got {lr_scheduler_interval!r}.")
         if lr_scheduler_frequency < 1:
             raise ValueError(f"`lr_scheduler_frequency` must be >= 1, got {lr_scheduler_frequency}.")
-        if steps_per_execution < 1:
-            raise ValueError(f"`steps_per_execution` must be >= 1, got {steps_per_execution}.")
-        # Lightning's automatic optimization takes one batch per training step; a group of
-        # them needs the steps taken here (see `_run_execution`).
-        self.automatic_optimization = steps_per_execution == 1
-        self._epoch_end_reached = False  # in this epoch, by `_run_execution`
         if isinstance(net, dict):
             net = instantiate_class((), net)
         self.net = net if net is not None else MLP()
@@ -153,14 +135,17 @@ class MNISTClassifier(pl.LightningModule):
             self.hparams["net"] = describe(self.net)
         self.optimizer_init = optimizer or {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}}
         self.lr_scheduler_init = lr_scheduler
-        self.train_metrics = LossAndAccuracy("train")
-        self.val_metrics = LossAndAccuracy("val")
-        self.test_metrics = LossAndAccuracy("test")
+        # One pair of metric objects per split: each accumulates over its own epoch.
+        self.train_loss, self.train_acc = MeanLoss(), Accuracy()
+        self.val_loss, self.val_acc = MeanLoss(), Accuracy()
+        self.test_loss, self.test_acc = MeanLoss(), Accuracy()
 
+    @override
     def configure_model(self) -> None:
-        if self.hparams.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
-            self.net = torch.compile(self.net)
+        if self.hparams.compile:
+            self.net.compile()
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -169,124 +154,35 @@ class MNISTClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         return loss + penalty() if penalty else loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor] | BatchGroup, batch_idx: int) -> torch.Tensor:
-        if not self.automatic_optimization:
-            return self._run_execution(batch, batch_idx)
-        if isinstance(batch, BatchGroup):
-            raise MisconfigurationException(
-                f"The training data comes in groups of batches (steps_per_execution="
-                f"{len(batch.labels) // batch.batch_size} or more) but the model takes one batch per "
-                "step. Give the model and the data module the same `steps_per_execution` (the CLI's "
-                "`--model.steps_per_execution` sets both)."
-            )
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = self._loss(logits, y)
-        self.train_metrics.update(loss, logits, y)
-        if batch_idx % self.trainer.log_every_n_steps == 0:
-            self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        if self._last_batch_of_epoch(batch_idx):
-            # Logged once per epoch, at its last batch, so that every callback's
-            # on_train_epoch_end sees them; a `self.log` per step costs more than the step.
-            self.log_dict(self.train_metrics.compute_and_reset(), prog_bar=True)
+        loss_metric, accuracy = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
+        loss_metric.update(loss, len(y))
+        accuracy.update(logits, y)
+        if accuracy.update_count == 1:
+            # Lightning computes the metric objects at the epoch's end from all their updates, then
+            # resets them: handing them over once an epoch is enough, and each `self.log` call costs
+            # more than a training step of a small network.
+            self.log_dict(
+                {f"{split}_loss": loss_metric, f"{split}_acc": accuracy}, on_step=False, on_epoch=True, prog_bar=True
+            )
         return loss
 
-    def _last_batch_of_epoch(self, batch_idx: int) -> bool:
-        return self.trainer.is_last_batch or batch_idx + 1 >= self.trainer.num_training_batches
+    @override
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
 
-    def _run_execution(self, batch: tuple[torch.Tensor, torch.Tensor] | BatchGroup, batch_idx: int) -> torch.Tensor:
-        """Train on a group of batches, one optimizer step each, as automatic optimization would.
-
-        The zero_grad/backward/step order, the ``max_steps`` limit and the LR schedulers' rules
-        (``interval``, ``frequency``, counted in batches as Lightning counts them) are Lightning's,
-        so the weights come out as with one batch per training step.
-        """
-        optimizer = self.optimizers()
-        grouped = isinstance(batch, BatchGroup)
-        batches = batch.batches() if grouped else [batch]
-        # The index in the epoch of the group's first batch (groups before this one are full).
-        first_batch = batch_idx * self.hparams.steps_per_execution if grouped else batch_idx
-        loss = torch.tensor(float("nan"))
-        completed = True
-        # One metric update per group: per batch its small tensor operations cost about 2% of the step.
-        losses, all_logits, targets = [], [], []
-        for offset, (x, y) in enumerate(batches):
-            if 0 <= self.trainer.max_steps <= self.trainer.global_step:
-                # As with one batch per step, an epoch cut short by max_steps has no epoch end.
-                completed = False
-                break
-            logits = self(x)
-            loss = self._loss(logits, y)
-            losses.append(loss.detach())
-            all_logits.append(logits.detach())
-            targets.append(y)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
-            self._step_lr_schedulers("step", first_batch + offset)
-            if (first_batch + offset) % self.trainer.log_every_n_steps == 0:
-                self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        if losses:
-            self.train_metrics.update(losses, all_logits, targets)
-        if completed and self._last_batch_of_epoch(batch_idx):
-            self._epoch_end_reached = True
-            self.log_dict(self.train_metrics.compute_and_reset(), prog_bar=True)
-            self._step_lr_schedulers("epoch", self.current_epoch)
-        return loss.detach()
-
-    def _step_lr_schedulers(self, interval: str, index: int) -> None:
-        """Step the schedulers of ``interval`` whose frequency divides ``index + 1`` (plateau ones at epoch end)."""
-        for config in self.trainer.lr_scheduler_configs:
-            if config.interval == interval and not _plateau_monitor(config) and (index + 1) % config.frequency == 0:
-                self.lr_scheduler_step(config.scheduler, None)
-
-    def on_fit_start(self) -> None:
-        if self.automatic_optimization:
-            return
-        for config in self.trainer.lr_scheduler_configs:
-            if _plateau_monitor(config) and config.interval != "epoch":
-                raise MisconfigurationException(
-                    "With steps_per_execution > 1 a ReduceLROnPlateau scheduler can only be stepped "
-                    "every epoch: set `--model.lr_scheduler_interval epoch`, or use the "
-                    "lit_nnopt.callbacks.ReduceLROnPlateau callback."
-                )
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_end_reached = False
-
-    def on_train_epoch_end(self) -> None:
-        # Lightning steps plateau schedulers only after the epoch's last batch (not when max_steps
-        # ends it early, nor when a restored run re-enters an epoch that had ended).
-        if self.automatic_optimization or not self._epoch_end_reached:
-            return
-        for config in self.trainer.lr_scheduler_configs:
-            monitor = _plateau_monitor(config)
-            if monitor and (self.current_epoch + 1) % config.frequency == 0:
-                value = self.trainer.callback_metrics.get(monitor)
-                if value is None:
-                    raise MisconfigurationException(
-                        f"ReduceLROnPlateau monitors {monitor!r}, which was not logged; "
-                        f"logged metrics: {sorted(self.trainer.callback_metrics)}."
-                    )
-                self.lr_scheduler_step(config.scheduler, value)
-
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: LossAndAccuracy) -> None:
-        x, y = batch
-        logits = self(x)
-        metrics.update(self._loss(logits, y), logits, y)
-
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+        self._step(batch, "val")
 
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute_and_reset(), prog_bar=True)
-
+    @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+        self._step(batch, "test")
 
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute_and_reset(), prog_bar=True)
-
+    @override
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch[0]).argmax(dim=1)
 
@@ -309,6 +205,7 @@ class MNISTClassifier(pl.LightningModule):
         optimizer_class = getattr(importlib.import_module(module_name), class_name)
         return "fused" in inspect.signature(optimizer_class).parameters
 
+    @override
     def configure_optimizers(self) -> Any:
         init_args = dict(self.optimizer_init.get("init_args", {}))
         weight_decay = init_args.get("weight_decay", 0.0)
@@ -327,7 +224,6 @@ class MNISTClassifier(pl.LightningModule):
             "interval": self.hparams.lr_scheduler_interval,
             "frequency": self.hparams.lr_scheduler_frequency,
         }
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and self.automatic_optimization:
-            # Manual optimization ignores (with a warning) a monitor: see `_plateau_monitor`.
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = getattr(scheduler, "monitor", "val_loss")
         return {"optimizer": optimizer, "lr_scheduler": config}

@@ -6,8 +6,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
-
-from lit_nnopt.data import BatchLoader
+from typing_extensions import override
 
 
 class CheapRichProgressBar(RichProgressBar):
@@ -15,29 +14,26 @@ class CheapRichProgressBar(RichProgressBar):
 
     The parent reads every metric with ``.item()`` after every batch: a device synchronization
     per step on a GPU, and on a CPU more time than the training step of a small network. This
-    bar reads them every ``refresh_rate`` Lightning steps and at the last batch of the epoch.
+    bar reads them every ``refresh_rate`` batches and at the last batch of the epoch.
 
-    With ``steps_per_execution`` it counts batches, not groups of them, as Keras' bar does.
+    It counts the batches the training loop has run, so that with
+    :class:`~lit_nnopt.callbacks.StepsPerExecution` it counts batches, not groups of them, as
+    Keras' bar does.
     """
 
-    @property
-    def total_train_batches(self) -> int | float:
-        return min(super().total_train_batches * self._batches_per_step(), self._batches_per_epoch())
+    _metrics_read_at = 0  # batches of the epoch run when the metrics were last read
 
-    def _batches_per_step(self) -> int:
-        loader = self.trainer.train_dataloader
-        return loader.steps_per_execution if isinstance(loader, BatchLoader) else 1
-
-    def _batches_per_epoch(self) -> int | float:
-        loader = self.trainer.train_dataloader
-        return loader.batches_per_epoch if isinstance(loader, BatchLoader) else float("inf")
-
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if not self.is_disabled and self.train_progress_bar_id is None:
             self._initialize_train_progress_bar_id()  # resumed mid-epoch
-        self._update(self.train_progress_bar_id, min((batch_idx + 1) * self._batches_per_step(), self.total_train_batches))
-        if (batch_idx + 1) % self.refresh_rate == 0 or trainer.is_last_batch:
+        batches_run = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        self._update(self.train_progress_bar_id, batches_run)
+        if batches_run < self._metrics_read_at:  # a new epoch
+            self._metrics_read_at = 0
+        if batches_run - self._metrics_read_at >= self.refresh_rate or trainer.is_last_batch:
+            self._metrics_read_at = batches_run
             self._update_metrics(trainer, pl_module)
         self.refresh()

@@ -115,3 +115,98 @@ def test_fused_by_default_when_the_cli_fills_in_torchs_none():
         optimizer={"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001, "fused": None, "foreach": None}}
     )
     assert model.configure_optimizers().defaults["fused"]
+
+
+# -- compile: in place, so checkpoints keep the network's own keys --------------------------------
+
+
+def _tiny_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    defaults = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+                "default_root_dir": tmp_path}
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def _images(samples: int = 8) -> DataLoader:
+    return DataLoader(_Images(784, samples), batch_size=4)
+
+
+def test_checkpoints_of_compiled_and_uncompiled_models_load_into_either(tmp_path):
+    compiled = MNISTClassifier(net=MLP([8]), compile=True)
+    trainer = _tiny_trainer(tmp_path, max_steps=2)
+    trainer.fit(compiled, _images())
+    assert compiled.net._compiled_call_impl is not None, "compiled in place"
+    trainer.save_checkpoint(tmp_path / "compiled.ckpt")
+    state = torch.load(tmp_path / "compiled.ckpt", weights_only=True)["state_dict"]
+    assert not any("_orig_mod" in key for key in state)
+
+    uncompiled = MNISTClassifier.load_from_checkpoint(tmp_path / "compiled.ckpt", compile=False)
+    assert torch.equal(uncompiled.net.layers[1].weight, compiled.net.layers[1].weight)
+    plain = MNISTClassifier(net=MLP([8]))
+    _tiny_trainer(tmp_path, max_steps=1).fit(plain, _images())
+    plain_path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": plain.state_dict()}, plain_path)
+    recompiled = MNISTClassifier(net=MLP([8]), compile=True)
+    recompiled.configure_model()
+    recompiled.load_state_dict(torch.load(plain_path, weights_only=True)["state_dict"])
+    assert torch.equal(recompiled.net.layers[1].weight, plain.net.layers[1].weight)
+
+
+def test_test_validate_and_predict_from_a_checkpoint_work_with_compile(tmp_path):
+    model = MNISTClassifier(net=MLP([8]), compile=True)
+    trainer = _tiny_trainer(tmp_path, max_steps=2, limit_val_batches=1)
+    trainer.fit(model, _images(), _images())
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    fresh = MNISTClassifier(net=MLP([8]), compile=True)
+    evaluator = _tiny_trainer(tmp_path)
+    (tested,) = evaluator.test(fresh, _images(), ckpt_path=path, verbose=False)
+    (validated,) = evaluator.validate(fresh, _images(), ckpt_path=path, verbose=False)
+    predictions = evaluator.predict(fresh, _images(), ckpt_path=path)
+    assert set(tested) == {"test_loss", "test_acc"} and set(validated) == {"val_loss", "val_acc"}
+    assert torch.cat(predictions).shape == (8,)
+    assert torch.equal(fresh.net.layers[1].weight, model.net.layers[1].weight)
+
+
+# -- every metric reaches every logger, every epoch ------------------------------------------------
+
+
+def _csv_rows(path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.parametrize("steps", [1, 3], ids=["one-batch-per-step", "StepsPerExecution-3"])
+def test_loggers_receive_every_train_val_and_test_metric_every_epoch(steps, tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lit_nnopt.callbacks import StepsPerExecution
+
+    csv_logger, tensorboard = CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")
+    # 11 batches an epoch: not a multiple of log_every_n_steps, and fewer than it.
+    trainer = _tiny_trainer(
+        tmp_path, max_epochs=3, logger=[csv_logger, tensorboard], log_every_n_steps=4, enable_checkpointing=False,
+        callbacks=[StepsPerExecution(steps)],
+    )
+    model = MNISTClassifier(net=MLP([8]))
+    train, val = DataLoader(_Images(784, 44), batch_size=4), _images()
+    trainer.fit(model, train, val)
+    trainer.test(model, _images(), verbose=False)
+    csv_logger.save()
+    tensorboard.experiment.flush()
+
+    train_and_val = ("train_loss", "train_acc", "val_loss", "val_acc")
+    rows = _csv_rows(f"{csv_logger.log_dir}/metrics.csv")
+    for epoch in range(3):
+        logged = {key for row in rows if row["epoch"] == str(epoch) for key, value in row.items() if value}
+        assert set(train_and_val) <= logged, (epoch, logged)
+    assert any(row["test_loss"] and row["test_acc"] for row in rows)
+
+    events = EventAccumulator(tensorboard.log_dir)
+    events.Reload()
+    for tag in train_and_val:
+        assert len(events.Scalars(tag)) == 3, tag
+    for tag in ("test_loss", "test_acc"):
+        assert len(events.Scalars(tag)) == 1, tag

@@ -487,7 +487,7 @@ def test_sigterm_mid_epoch_then_ckpt_path_last_ends_bitwise_equal_to_an_uninterr
     mnist_dir, tmp_path, steps_per_execution
 ):
     config, marker = _config(tmp_path, mnist_dir), tmp_path / "paused"
-    steps = ["--model.steps_per_execution", str(steps_per_execution)]
+    steps = ["--trainer.callbacks+=lit_nnopt.callbacks.StepsPerExecution", "--trainer.callbacks.steps", str(steps_per_execution)]
     whole = _start("fit", "--config", str(config), "--trainer.default_root_dir", "whole", *steps, cwd=tmp_path)
     cut_args = ["fit", "--config", str(config), "--trainer.default_root_dir", "cut", *steps]
     returncode, stderr = _interrupt(_start(*cut_args, *_pause(marker, step=20), cwd=tmp_path), marker, signal.SIGTERM)

@@ -1,8 +1,9 @@
-"""steps_per_execution: groups of batches in one Lightning step give the weights of one batch per step.
+"""StepsPerExecution: groups of batches in one Lightning step give the training of one batch per step.
 
 Small synthetic data (110 samples, batches of 10: 11 batches an epoch, so groups of 3 leave a
-last group of 2) and a tiny MLP: every K>1 run is compared bit for bit with the K=1 run that
-Lightning's automatic optimization drives.
+last group of 2) and tiny networks: every K>1 run is compared bit for bit with the K=1 run
+that Lightning's automatic optimization drives alone, for lit_nnopt's MNISTClassifier and
+for a foreign LightningModule that knows nothing of lit_nnopt.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.nn import functional as F
 
 from lit_nnopt import MLP, MNISTClassifier
-from lit_nnopt.callbacks import GradientClipping, NaNGuard
-from lit_nnopt.cli import _check_steps_per_execution
-from lit_nnopt.data import BatchGroup, BatchLoader
-from lit_nnopt.idx import DataError
+from lit_nnopt.callbacks import GradientClipping, NaNGuard, StepsPerExecution
+from lit_nnopt.callbacks.steps_per_execution import GroupedBatches
+from lit_nnopt.data import BatchLoader
 from lit_nnopt.progress import CheapRichProgressBar
 from tests.conftest import CONFIGS, run_cli
 
@@ -38,132 +40,122 @@ def _tensors(count: int = SAMPLES, seed: int = 0) -> tuple[torch.Tensor, torch.T
     return images, labels
 
 
-def _loader(steps: int = 1, count: int = SAMPLES, **kwargs) -> BatchLoader:
-    return BatchLoader(*_tensors(count), BATCH, shuffle=True, seed=3, steps_per_execution=steps, **kwargs)
+def _loader(count: int = SAMPLES) -> BatchLoader:
+    return BatchLoader(*_tensors(count), BATCH, shuffle=True, seed=3)
 
 
 def _val_loader() -> BatchLoader:
     return BatchLoader(*_tensors(40, seed=1), 20, shuffle=False)
 
 
-def _flatten(groups: list[BatchGroup]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    assert all(isinstance(group, BatchGroup) for group in groups)
-    return [batch for group in groups for batch in group.batches()]
-
-
 def _assert_same_batches(actual: list, expected: list) -> None:
     assert len(actual) == len(expected)
-    for (images, labels), (expected_images, expected_labels) in zip(actual, expected):
+    for (images, labels), (expected_images, expected_labels) in zip(actual, expected, strict=True):
         assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
 
 
-def _assert_same_groups(actual: list[BatchGroup], expected: list[BatchGroup]) -> None:
-    assert len(actual) == len(expected)
-    for group, expected_group in zip(actual, expected):
-        assert group.batch_size == expected_group.batch_size
-        assert torch.equal(group.images, expected_group.images) and torch.equal(group.labels, expected_group.labels)
+def _run_groups(grouped: GroupedBatches) -> list[list]:
+    """Each group's batches, taking the followers as the callback does: after the first batch."""
+    groups = []
+    for first in grouped:
+        followers = grouped.pop_followers()
+        groups.append([first, *followers])
+    return groups
 
 
-# -- BatchLoader -------------------------------------------------------------------------------
+# -- GroupedBatches ----------------------------------------------------------------------------
 
 
-def test_groups_hold_the_same_batches_in_the_same_order_as_single_batches():
-    single, grouped = _loader(1), _loader(K)
-    epochs = []
+def test_groups_hold_the_same_batches_in_the_same_order_as_the_loader():
+    single, grouped = _loader(), GroupedBatches(_loader(), K)
     for _ in range(2):
-        batches, groups = list(single), list(grouped)
-        assert [len(group.labels) for group in groups] == [30, 30, 30, 20]
-        assert all(group.batch_size == BATCH for group in groups)
-        _assert_same_batches(_flatten(groups), batches)
-        assert len(batches) == 11
-        epochs.append(torch.cat([labels for _, labels in batches]))
-    assert not torch.equal(epochs[0], epochs[1]), "each epoch is a new permutation"
+        groups = _run_groups(grouped)
+        assert [len(group) for group in groups] == [3, 3, 3, 2]
+        _assert_same_batches([batch for group in groups for batch in group], list(single))
+    assert len(grouped) == 11, "the length counts batches, as Lightning's counters do"
 
 
-@pytest.mark.parametrize(
-    "count, steps, world_size, expected",
-    [(110, 1, 1, 11), (110, 3, 1, 4), (110, 11, 1, 1), (110, 12, 1, 1), (105, 5, 1, 3), (110, 2, 2, 3)],
-)
-def test_length_counts_groups(count, steps, world_size, expected):
-    loader = _loader(steps, count=count, world_size=world_size)
-    assert len(loader) == expected
-    assert len(list(loader)) == expected
+def test_a_groups_followers_are_drawn_only_when_run():
+    loader = _loader()
+    grouped = GroupedBatches(loader, K)
+    iterator = iter(grouped)
+    next(iterator)
+    assert loader.state_dict()["batches_served"] == 1
+    followers = grouped.pop_followers()
+    followers.pop()
+    assert loader.state_dict()["batches_served"] == 2 and len(followers) == 1
 
 
-def test_resume_mid_epoch_continues_with_the_same_groups():
-    reference = _loader(K)
-    uninterrupted = [list(reference) for _ in range(2)]
-
-    interrupted = _loader(K)
-    iterator = iter(interrupted)
-    head = [next(iterator) for _ in range(2)]
-    state = interrupted.state_dict()
-    assert state["epoch"] == 0 and state["batches_served"] == 2 * K and state["steps_per_execution"] == K
-
-    resumed = _loader(K)
-    resumed.load_state_dict(state)
-    _assert_same_groups(head + list(resumed), uninterrupted[0])
-    _assert_same_groups(list(resumed), uninterrupted[1])
+def test_fetching_the_next_group_first_keeps_the_order():
+    """Lightning fetches a group ahead when the loader has no length: the followers come first."""
+    grouped = GroupedBatches(_loader(), K)
+    iterator = iter(grouped)
+    first, second = next(iterator), next(iterator)
+    followers = grouped.pop_followers()
+    batches = [first, *followers, second]
+    _assert_same_batches(batches, list(_loader())[:4])
 
 
-@pytest.mark.parametrize("other", [1, 2, 4])
-def test_resume_mid_epoch_with_another_group_size_is_refused(other):
-    loader = _loader(K)
-    next(iter(loader))
-    state = loader.state_dict()
-    assert state["batches_served"] == K
-    with pytest.raises(DataError, match="steps_per_execution"):
-        _loader(other).load_state_dict(state)
+@pytest.mark.parametrize("limit, sizes", [(5, [3, 2]), (6, [3, 3]), (1, [1]), (None, [3, 3, 3, 2])])
+def test_max_batches_counts_batches(limit, sizes):
+    grouped = GroupedBatches(_loader(), K, max_batches=lambda: limit)
+    assert [len(group) for group in _run_groups(grouped)] == sizes
 
 
-def test_state_at_the_end_of_an_epoch_loads_with_another_group_size():
-    loader = _loader(K)
-    list(loader)
-    state = loader.state_dict()
-    assert state["epoch"] == 1 and state["batches_served"] == 0
-    reference = _loader(1)
-    list(reference)
-    resumed = _loader(1)
-    resumed.load_state_dict(state)
-    _assert_same_batches(list(resumed), list(reference))
+def test_other_attributes_are_the_loaders():
+    loader = _loader()
+    grouped = GroupedBatches(loader, K)
+    assert grouped.state_dict() == loader.state_dict() and grouped.batch_size == BATCH
+
+
+@pytest.mark.parametrize("steps", [0, -1, 1.5, True, "4"])
+def test_steps_must_be_a_positive_integer(steps):
+    with pytest.raises(ValueError, match="`steps` must be a positive number"):
+        StepsPerExecution(steps)
 
 
 # -- training: K=3 against K=1 --------------------------------------------------------------
 
 
-def _trainer(**kwargs) -> pl.Trainer:
+def _trainer(steps: int, callbacks: list | None = None, **kwargs) -> pl.Trainer:
     defaults = {
-        "accelerator": "cpu", "devices": 1, "max_epochs": 3, "logger": False, "enable_checkpointing": False,
-        "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 3,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
         "log_every_n_steps": 1,
     }
-    return pl.Trainer(**{**defaults, **kwargs})
+    return pl.Trainer(**{**defaults, **kwargs}, callbacks=[*(callbacks or []), StepsPerExecution(steps)])
 
 
-def _fit(
-    steps: int,
-    *,
+def _model(
     optimizer: dict | None = None,
     lr_scheduler: dict | None = None,
     interval: str = "epoch",
     frequency: int = 1,
     dropout: float = 0.0,
-    validate: bool = False,
-    loader_steps: int | None = None,
-    **trainer_kwargs,
-) -> tuple[MNISTClassifier, pl.Trainer]:
+) -> MNISTClassifier:
     pl.seed_everything(7, verbose=False)
-    model = MNISTClassifier(
+    return MNISTClassifier(
         net=MLP([16], dropout=dropout),
         optimizer=optimizer or {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1, "momentum": 0.9}},
         lr_scheduler=lr_scheduler,
         lr_scheduler_interval=interval,
         lr_scheduler_frequency=frequency,
-        steps_per_execution=steps,
     )
-    trainer = _trainer(**trainer_kwargs)
-    train = _loader(steps if loader_steps is None else loader_steps)
-    trainer.fit(model, train_dataloaders=train, val_dataloaders=_val_loader() if validate else None)
+
+
+def _fit(steps: int, *, validate: bool = False, model: pl.LightningModule | None = None, **kwargs) -> tuple:
+    model_kwargs = {
+        k: kwargs.pop(k) for k in ("optimizer", "lr_scheduler", "interval", "frequency", "dropout") if k in kwargs
+    }
+    model = model if model is not None else _model(**model_kwargs)
+    trainer = _trainer(steps, **kwargs)
+    trainer.fit(model, train_dataloaders=_loader(), val_dataloaders=_val_loader() if validate else None)
     return model, trainer
 
 
@@ -186,19 +178,19 @@ def _assert_same_training(grouped: tuple, single: tuple) -> None:
     (grouped_model, grouped_trainer), (single_model, single_trainer) = grouped, single
     assert grouped_trainer.global_step == single_trainer.global_step
     _assert_same_tensors(grouped_model.state_dict(), single_model.state_dict())
-    _assert_same_tensors(grouped_trainer.optimizers[0].state_dict()["state"], single_trainer.optimizers[0].state_dict()["state"])
+    _assert_same_tensors(
+        grouped_trainer.optimizers[0].state_dict()["state"], single_trainer.optimizers[0].state_dict()["state"]
+    )
+    assert [c.scheduler.state_dict() for c in grouped_trainer.lr_scheduler_configs] == [
+        c.scheduler.state_dict() for c in single_trainer.lr_scheduler_configs
+    ]
     assert _lr(grouped_trainer) == _lr(single_trainer)
-    # The epoch's metrics (logged at an epoch end only), summed in the same order.
-    single_metrics, grouped_metrics = single_trainer.callback_metrics, grouped_trainer.callback_metrics
-    for name in ("train_loss", "train_acc"):
-        assert (name in grouped_metrics) == (name in single_metrics), name
-        if name in single_metrics:
-            assert torch.equal(grouped_metrics[name], single_metrics[name]), name
+    # Every metric logged, summed in the same order.
+    _assert_same_tensors(dict(grouped_trainer.callback_metrics), dict(single_trainer.callback_metrics))
 
 
 def _initial_weights() -> dict[str, torch.Tensor]:
-    pl.seed_everything(7, verbose=False)
-    return MNISTClassifier(net=MLP([16])).state_dict()
+    return _model().state_dict()
 
 
 EXPONENTIAL = {"class_path": "torch.optim.lr_scheduler.ExponentialLR", "init_args": {"gamma": 0.5}}
@@ -215,6 +207,7 @@ def test_exponential_lr_per_epoch_trains_bitwise_alike():
     grouped = _fit(K, optimizer=adam, lr_scheduler=EXPONENTIAL)
     assert single[1].global_step == 33 and _lr(single[1]) == pytest.approx(0.01 * 0.5**3)
     assert not torch.equal(single[0].state_dict()["net.layers.1.weight"], _initial_weights()["net.layers.1.weight"])
+    assert {"train_loss", "train_acc"} <= set(grouped[1].callback_metrics)
     _assert_same_training(grouped, single)
 
 
@@ -237,11 +230,6 @@ def test_reduce_lr_on_plateau_monitoring_val_loss_trains_bitwise_alike():
     _assert_same_training(grouped, single)
 
 
-def test_plateau_stepped_per_optimizer_step_is_refused():
-    with pytest.raises(MisconfigurationException, match="ReduceLROnPlateau.*every epoch"):
-        _fit(K, lr_scheduler=PLATEAU, interval="step", validate=True)
-
-
 @pytest.mark.parametrize(
     "max_steps, lr_scheduler",
     [
@@ -260,15 +248,122 @@ def test_max_steps_inside_a_group_stops_there(max_steps, lr_scheduler):
     _assert_same_training(grouped, single)
 
 
-def test_ungrouped_batches_to_a_grouped_model_train_as_single_batches():
-    step_lr = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": 0.5}}
-    single = _fit(1, lr_scheduler=step_lr, interval="step", frequency=K, max_epochs=2)
-    grouped = _fit(K, lr_scheduler=step_lr, interval="step", frequency=K, max_epochs=2, loader_steps=1)
-    assert _lr(single[1]) == pytest.approx(0.1 * 0.5 ** (2 * (11 // K)))
+@pytest.mark.parametrize("limit", [5, 7, 0.5])
+def test_limit_train_batches_counts_batches_not_groups(limit):
+    step_lr = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": 0.7}}
+    single = _fit(1, lr_scheduler=step_lr, interval="step", limit_train_batches=limit, validate=True)
+    grouped = _fit(K, lr_scheduler=step_lr, interval="step", limit_train_batches=limit, validate=True)
+    assert grouped[1].num_training_batches == single[1].num_training_batches == int(limit * 11 if limit < 1 else limit)
+    assert grouped[1].global_step == 3 * single[1].num_training_batches
     _assert_same_training(grouped, single)
 
 
-# -- hooks, clipping, misuse --------------------------------------------------------------------
+def test_fp16_mixed_precision_with_a_grad_scaler_trains_bitwise_alike():
+    def fit(steps: int) -> tuple:
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+        model, trainer = _fit(steps, max_epochs=2, plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
+        return model, trainer, scaler.get_scale()
+
+    *single, single_scale = fit(1)
+    *grouped, grouped_scale = fit(K)
+    assert grouped_scale == single_scale
+    _assert_same_training(tuple(grouped), tuple(single))
+
+
+# -- a foreign LightningModule -------------------------------------------------------------------
+
+
+class ForeignModule(pl.LightningModule):
+    """A BoringModel-like module of its own: a linear layer, its own logs, a step-wise scheduler."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(784, 10)
+        self.seen_batch_indices: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        self.seen_batch_indices.append(batch_idx)
+        loss = F.cross_entropy(self.layer(images.flatten(1)), labels)
+        self.log("foreign_loss", loss, on_step=True, on_epoch=True)
+        self.log("foreign_batch_idx", float(batch_idx), on_step=True, on_epoch=False)
+        return {"loss": loss}
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        self.log("foreign_val_loss", F.cross_entropy(self.layer(images.flatten(1)), labels))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=0.01)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 2}}
+
+
+def _fit_foreign(steps: int, **kwargs) -> tuple:
+    pl.seed_everything(11, verbose=False)
+    model = ForeignModule()
+    return _fit(steps, model=model, validate=True, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "trainer_kwargs", [{}, {"max_steps": 13}, {"limit_train_batches": 8}], ids=["epochs", "max_steps", "limit"]
+)
+def test_foreign_module_trains_bitwise_alike(trainer_kwargs):
+    single = _fit_foreign(1, **trainer_kwargs)
+    grouped = _fit_foreign(K, **trainer_kwargs)
+    assert grouped[0].seen_batch_indices == single[0].seen_batch_indices
+    assert {"foreign_loss_epoch", "foreign_val_loss"} <= set(grouped[1].callback_metrics)
+    _assert_same_training(grouped, single)
+
+
+class ForeignModuleWithBatchHook(ForeignModule):
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        images, labels = batch
+        return images.flip(-1), labels  # a mirror "augmentation": every batch must go through it
+
+
+def test_foreign_module_batch_transfer_hooks_see_every_batch():
+    pl.seed_everything(11, verbose=False)
+    single = _fit(1, model=ForeignModuleWithBatchHook(), validate=True)
+    pl.seed_everything(11, verbose=False)
+    grouped = _fit(K, model=ForeignModuleWithBatchHook(), validate=True)
+    pl.seed_everything(11, verbose=False)
+    without_hook = _fit(1, model=ForeignModule(), validate=True)
+    assert not torch.equal(single[0].layer.weight, without_hook[0].layer.weight)
+    _assert_same_training(grouped, single)
+
+
+class RecordLoggedSteps(pl.loggers.Logger):
+    """A logger that keeps what it receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[tuple[int, dict]] = []
+
+    @property
+    def name(self) -> str:
+        return "record"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.received.append((step, dict(metrics)))
+
+
+def test_loggers_receive_the_same_step_and_epoch_metrics():
+    loggers = {steps: RecordLoggedSteps() for steps in (1, K)}
+    for steps, logger in loggers.items():
+        _fit_foreign(steps, logger=logger, log_every_n_steps=2)
+    assert loggers[K].received == loggers[1].received
+    assert any("foreign_loss_step" in metrics for _, metrics in loggers[1].received)
+
+
+# -- hooks, clipping, NaNGuard ------------------------------------------------------------------
 
 
 class CountHooks(Callback):
@@ -276,6 +371,7 @@ class CountHooks(Callback):
         self.counts: Counter[str] = Counter()
         self.steps_seen: list[int] = []
         self.batch_end_indices: list[int] = []
+        self.last_batch_flags: list[bool] = []
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         self.counts["on_before_backward"] += 1
@@ -290,6 +386,7 @@ class CountHooks(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.counts["on_train_batch_end"] += 1
         self.batch_end_indices.append(batch_idx)
+        self.last_batch_flags.append(trainer.is_last_batch)
 
 
 def test_step_hooks_run_per_optimizer_step_and_batch_hooks_per_group():
@@ -302,11 +399,15 @@ def test_step_hooks_run_per_optimizer_step_and_batch_hooks_per_group():
     assert grouped_hooks.steps_seen == single_hooks.steps_seen == list(range(22))
     assert single_hooks.counts["on_train_batch_end"] == 22
     assert grouped_hooks.counts["on_train_batch_end"] == 8
-    assert grouped_hooks.batch_end_indices == [0, 1, 2, 3] * 2
+    assert grouped_hooks.batch_end_indices == [0, 3, 6, 9] * 2, "the index of the group's first batch"
+    assert grouped_hooks.last_batch_flags == [False, False, False, True] * 2
+    assert single_hooks.last_batch_flags == ([False] * 10 + [True]) * 2
 
 
 @pytest.mark.parametrize(
-    "clipping", [{"mode": "norm", "max_norm": 0.05}, {"mode": "autoclip", "autoclip_percentile": 10.0}], ids=["norm", "autoclip"]
+    "clipping",
+    [{"mode": "norm", "max_norm": 0.05}, {"mode": "autoclip", "autoclip_percentile": 10.0}],
+    ids=["norm", "autoclip"],
 )
 def test_gradient_clipping_callback_clips_every_step_alike(clipping):
     single_clipping, grouped_clipping = GradientClipping(**clipping), GradientClipping(**clipping)
@@ -315,145 +416,6 @@ def test_gradient_clipping_callback_clips_every_step_alike(clipping):
     assert grouped_clipping.steps == single_clipping.steps == 22
     assert grouped_clipping.clipped_steps == single_clipping.clipped_steps > 0
     _assert_same_training(grouped, single)
-
-
-def test_single_batch_model_refuses_groups_naming_steps_per_execution():
-    with pytest.raises(MisconfigurationException, match="steps_per_execution") as error:
-        _fit(1, loader_steps=K, max_epochs=1)
-    assert "--model.steps_per_execution" in str(error.value)
-
-
-def test_trainer_clipping_passes_without_groups_and_no_accumulation_passes_with_them():
-    assert _check_steps_per_execution({"model": {"steps_per_execution": 1}, "trainer": {"gradient_clip_val": 1.0}}) is None
-    assert _check_steps_per_execution({"model": {"steps_per_execution": 4}, "trainer": {"accumulate_grad_batches": 1}}) is None
-
-
-# -- the command line ---------------------------------------------------------------------------
-
-
-def _error_paragraph(result) -> str:
-    assert result.returncode != 0
-    output = result.stderr + result.stdout
-    assert "Traceback" not in output
-    (line,) = [line for line in result.stderr.splitlines() if line.startswith("lit_nnopt: error:")]
-    return line
-
-
-@pytest.mark.parametrize(
-    "args, option",
-    [
-        (["--model.steps_per_execution", "4", "--trainer.gradient_clip_val", "1.0"], "--trainer.gradient_clip_val"),
-        (["--model.steps_per_execution", "4", "--trainer.accumulate_grad_batches", "2"], "--trainer.accumulate_grad_batches"),
-    ],
-    ids=["clip", "accumulate"],
-)
-def test_cli_refuses_trainer_options_that_a_group_cannot_honour(args, option, tmp_path):
-    result = run_cli("fit", "--config", str(CONFIGS / "adam.yaml"), "--trainer.default_root_dir", str(tmp_path), *args)
-    message = _error_paragraph(result)
-    assert option in message and "steps_per_execution" in message
-
-
-def _cli_fits(mnist_dir: Path, root: Path, *extra: str) -> tuple[dict, dict]:
-    """The last.ckpt of the same command with --model.steps_per_execution 4 and 1, run side by side."""
-
-    def fit(steps: int) -> dict:
-        result = run_cli(
-            "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-            "--trainer.default_root_dir", str(root / f"k{steps}"), "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "2",
-            "--model.steps_per_execution", str(steps), *extra,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        (last,) = (root / f"k{steps}").rglob("last.ckpt")
-        return torch.load(last, weights_only=True)
-
-    with ThreadPoolExecutor(2) as pool:
-        grouped, single = pool.map(fit, [4, 1])
-    assert grouped["hyper_parameters"]["steps_per_execution"] == 4
-    assert single["hyper_parameters"]["steps_per_execution"] == 1
-    return grouped, single
-
-
-def test_cli_fit_with_groups_saves_the_weights_of_single_batches(mnist_dir, tmp_path):
-    # One epoch of 750 batches: groups of 4 leave a last group of 2.
-    grouped, single = _cli_fits(mnist_dir, tmp_path, "--trainer.max_epochs", "1")
-    assert grouped["global_step"] == single["global_step"] == 750
-    _assert_same_tensors(grouped["state_dict"], single["state_dict"])
-    _assert_same_tensors(grouped["optimizer_states"][0]["state"], single["optimizer_states"][0]["state"])
-    assert grouped["lr_schedulers"] == single["lr_schedulers"]
-
-
-def test_cli_limit_train_batches_counts_batches_not_groups(mnist_dir, tmp_path):
-    """`--trainer.limit_train_batches 10` trains on 10 batches whatever the group size, as Keras' steps_per_epoch."""
-    grouped, single = _cli_fits(
-        mnist_dir, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "10"
-    )
-    assert grouped["global_step"] == single["global_step"] == 20
-    _assert_same_tensors(grouped["state_dict"], single["state_dict"])
-
-
-# -- DDP: two CPU processes (gloo) --------------------------------------------------------------
-
-
-class DumpWeights(Callback):
-    """Writes, per rank, the weights and the global step at the end of fit."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = Path(out_dir)
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        weights = {name: tensor.clone() for name, tensor in pl_module.state_dict().items()}
-        torch.save({"global_step": trainer.global_step, "weights": weights}, self.out_dir / f"rank{trainer.global_rank}.pt")
-
-
-def _ddp_fit(mnist_dir: Path, root: Path, steps: int) -> list[dict]:
-    result = run_cli(
-        "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-        "--trainer.default_root_dir", str(root / "runs"), "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "1",
-        "--trainer.callbacks+=tests.test_steps_per_execution.DumpWeights", "--trainer.callbacks.out_dir", str(root / "ranks"),
-        "--model.steps_per_execution", str(steps),
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return [torch.load(root / "ranks" / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
-
-
-def test_ddp_groups_train_like_single_batches_on_every_rank(mnist_dir, tmp_path):
-    grouped = _ddp_fit(mnist_dir, tmp_path / "k4", 4)
-    single = _ddp_fit(mnist_dir, tmp_path / "k1", 1)
-    for ranks in (grouped, single):
-        assert [rank["global_step"] for rank in ranks] == [375, 375]  # 24,000 samples a rank, groups 4 * 93 + 3
-        _assert_same_tensors(ranks[1]["weights"], ranks[0]["weights"])
-    _assert_same_tensors(grouped[0]["weights"], single[0]["weights"])
-
-
-# -- the progress bar -------------------------------------------------------------------------
-
-
-class RecordBar(Callback):
-    """Records the train bar's (completed, total) after each training step; placed after the bar."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[float, float]] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        bar = next(callback for callback in trainer.callbacks if isinstance(callback, CheapRichProgressBar))
-        task = bar.progress.tasks[bar.train_progress_bar_id]
-        self.seen.append((task.completed, task.total))
-
-
-@pytest.mark.parametrize(("steps", "expected"), [(1, list(range(1, 12))), (K, [3, 6, 9, 11])])
-def test_progress_bar_counts_batches_not_groups(steps, expected):
-    record = RecordBar()
-    model = MNISTClassifier(net=MLP([16]), steps_per_execution=steps)
-    trainer = _trainer(max_epochs=1, enable_progress_bar=True, callbacks=[CheapRichProgressBar(), record])
-    trainer.fit(model, train_dataloaders=_loader(steps))
-    assert record.seen == [(done, SAMPLES // BATCH) for done in expected]
-
-
-# -- NaNGuard acts once per group ----------------------------------------------------------------
 
 
 class NaNAtCall(torch.nn.Module):
@@ -486,13 +448,245 @@ def test_nan_guard_skips_the_rest_of_the_group_then_rolls_back(caplog, monkeypat
     """Batch 5 (the second of group 2) is NaN: batch 6 is skipped too, and group 2 is undone."""
     pl.seed_everything(7, verbose=False)
     guard, starts = NaNGuard(action="rollback", snapshot_every_n_steps=1), WeightsAtGroupStart()
-    model = MNISTClassifier(net=NaNAtCall(5), steps_per_execution=K)
-    trainer = _trainer(max_epochs=1, callbacks=[guard, starts])
-    monkeypatch.setattr(logging.getLogger("lit_nnopt.callbacks"), "propagate", True)  # NaNGuard logs (issue 15)
-    trainer.fit(model, train_dataloaders=_loader(K))
-    assert re.search("non-finite loss at step 4 .*rolled back to the weights and optimizer state before step 3",
-                     caplog.text)
+    model = MNISTClassifier(net=NaNAtCall(5))
+    trainer = _trainer(K, max_epochs=1, callbacks=[guard, starts])
+    monkeypatch.setattr(logging.getLogger("lit_nnopt.callbacks"), "propagate", True)  # NaNGuard logs, not warns
+    trainer.fit(model, train_dataloaders=_loader())
+    assert re.search(
+        "non-finite loss at step 4 .*rolled back to the weights and optimizer state before step 3", caplog.text
+    )
     assert (guard.skipped_steps, guard.rollbacks) == (1, 1)
     _assert_same_tensors(starts.weights[2], starts.weights[1])  # group 2 left no trace
     assert not torch.equal(starts.weights[3]["net.mlp.layers.1.weight"], starts.weights[2]["net.mlp.layers.1.weight"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# -- misuse ------------------------------------------------------------------------------------
+
+
+class ManualModule(ForeignModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+
+@pytest.mark.parametrize(
+    "trainer_kwargs, model, match",
+    [
+        ({"gradient_clip_val": 1.0}, None, r"gradient_clip_val=1.0.*GradientClipping callback"),
+        ({"accumulate_grad_batches": 2}, None, r"accumulate_grad_batches=2.*own optimizer step"),
+        ({"val_check_interval": 4}, None, r"val_check_interval=4.*multiple of 3"),
+        ({}, ManualModule, r"needs automatic optimization.*ManualModule"),
+    ],
+    ids=["clip", "accumulate", "val_check_interval", "manual"],
+)
+def test_trainer_options_a_group_cannot_honour_are_refused(trainer_kwargs, model, match):
+    with pytest.raises(MisconfigurationException, match=match):
+        _fit(K, model=model() if model else None, validate=True, **trainer_kwargs)
+
+
+def test_plateau_stepped_per_optimizer_step_is_refused():
+    with pytest.raises(MisconfigurationException, match="ReduceLROnPlateau scheduler stepped every optimizer step"):
+        _fit(K, lr_scheduler=PLATEAU, interval="step", validate=True)
+
+
+def test_steps_1_accepts_what_groups_refuse():
+    _, trainer = _fit(1, max_epochs=1, gradient_clip_val=1.0, accumulate_grad_batches=2)
+    assert trainer.global_step == 6
+
+
+# -- resume mid-epoch, whatever the group sizes ------------------------------------------------------
+
+
+class SaveAtStep(Callback):
+    """Saves a checkpoint mid-epoch after the step reaching ``step``, as ModelCheckpoint(every_n_train_steps) does."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+@pytest.mark.parametrize("first, second", [(K, K), (K, 1), (1, K), (K, 2)])
+def test_resume_mid_epoch_with_any_group_size_trains_bitwise_alike(first, second, tmp_path):
+    exponential = {
+        "lr_scheduler": EXPONENTIAL,
+        "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
+    }
+    path = tmp_path / "mid.ckpt"
+    whole = _fit(first, callbacks=[SaveAtStep(6, path)], **exponential)  # 6: after the second group
+    assert (
+        torch.load(path, weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"] == 6
+    )
+    resumed_model = _model(**exponential)
+    resumed = _trainer(second)
+    resumed.fit(resumed_model, train_dataloaders=_loader(), ckpt_path=path)
+    _assert_same_training((resumed_model, resumed), whole)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def _error_paragraph(result) -> str:
+    assert result.returncode != 0
+    output = result.stderr + result.stdout
+    assert "Traceback" not in output
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("lit_nnopt: error:")]
+    return line
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--trainer.gradient_clip_val", "1.0"], "gradient_clip_val=1.0"),
+        (["--trainer.accumulate_grad_batches", "2"], "accumulate_grad_batches=2"),
+    ],
+    ids=["clip", "accumulate"],
+)
+def test_cli_refuses_trainer_options_that_a_group_cannot_honour(args, option, mnist_dir, tmp_path):
+    result = run_cli(
+        "fit",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        *args,
+    )
+    message = _error_paragraph(result)
+    assert option in message and "StepsPerExecution(steps=32)" in message
+    assert not list(tmp_path.rglob("*.ckpt")), "refused before any training"
+
+
+def _cli_fits(mnist_dir: Path, root: Path, *extra: str) -> tuple[dict, dict]:
+    """The last.ckpt of adam.yaml with StepsPerExecution(steps=4) and (steps=1), run side by side."""
+
+    def fit(steps: int) -> dict:
+        result = run_cli(
+            "fit",
+            "--config",
+            str(CONFIGS / "adam.yaml"),
+            "--data.data_dir",
+            str(mnist_dir),
+            "--trainer.default_root_dir",
+            str(root / f"k{steps}"),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.callbacks.steps",
+            str(steps),
+            *extra,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        (last,) = (root / f"k{steps}").rglob("last.ckpt")
+        return torch.load(last, weights_only=True)
+
+    with ThreadPoolExecutor(2) as pool:
+        grouped, single = pool.map(fit, [4, 1])
+    assert grouped["callbacks"]["StepsPerExecution"] == {"steps": 4}
+    assert single["callbacks"]["StepsPerExecution"] == {"steps": 1}
+    return grouped, single
+
+
+def test_cli_fit_with_groups_saves_the_weights_of_single_batches(mnist_dir, tmp_path):
+    # One epoch of 750 batches: groups of 4 leave a last group of 2.
+    grouped, single = _cli_fits(mnist_dir, tmp_path, "--trainer.max_epochs", "1")
+    assert grouped["global_step"] == single["global_step"] == 750
+    _assert_same_tensors(grouped["state_dict"], single["state_dict"])
+    _assert_same_tensors(grouped["optimizer_states"][0]["state"], single["optimizer_states"][0]["state"])
+    assert grouped["lr_schedulers"] == single["lr_schedulers"]
+
+
+def test_cli_limit_train_batches_counts_batches_not_groups(mnist_dir, tmp_path):
+    """`--trainer.limit_train_batches 10` trains on 10 batches whatever the group size, as Keras' steps_per_epoch."""
+    grouped, single = _cli_fits(mnist_dir, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "10")
+    assert grouped["global_step"] == single["global_step"] == 20
+    _assert_same_tensors(grouped["state_dict"], single["state_dict"])
+
+
+# -- DDP: two CPU processes (gloo) --------------------------------------------------------------
+
+
+class DumpWeights(Callback):
+    """Writes, per rank, the weights and the global step at the end of fit."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        weights = {name: tensor.clone() for name, tensor in pl_module.state_dict().items()}
+        torch.save(
+            {"global_step": trainer.global_step, "weights": weights}, self.out_dir / f"rank{trainer.global_rank}.pt"
+        )
+
+
+def _ddp_fit(mnist_dir: Path, root: Path, steps: int) -> list[dict]:
+    result = run_cli(
+        "fit",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.default_root_dir",
+        str(root / "runs"),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.callbacks.steps",
+        str(steps),
+        "--trainer.callbacks+=tests.test_steps_per_execution.DumpWeights",
+        "--trainer.callbacks.out_dir",
+        str(root / "ranks"),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [torch.load(root / "ranks" / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+
+
+def test_ddp_groups_train_like_single_batches_on_every_rank(mnist_dir, tmp_path):
+    grouped = _ddp_fit(mnist_dir, tmp_path / "k4", 4)
+    single = _ddp_fit(mnist_dir, tmp_path / "k1", 1)
+    for ranks in (grouped, single):
+        assert [rank["global_step"] for rank in ranks] == [375, 375]  # 24,000 samples a rank, groups 4 * 93 + 3
+        _assert_same_tensors(ranks[1]["weights"], ranks[0]["weights"])
+    _assert_same_tensors(grouped[0]["weights"], single[0]["weights"])
+
+
+# -- the progress bar -------------------------------------------------------------------------
+
+
+class RecordBar(Callback):
+    """Records the train bar's (completed, total) after each training step; placed after the bar."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = next(callback for callback in trainer.callbacks if isinstance(callback, CheapRichProgressBar))
+        task = bar.progress.tasks[bar.train_progress_bar_id]
+        self.seen.append((task.completed, task.total))
+
+
+@pytest.mark.parametrize(("steps", "expected"), [(1, list(range(1, 12))), (K, [3, 6, 9, 11]), (4, [4, 8, 11])])
+def test_progress_bar_counts_batches_not_groups(steps, expected):
+    record = RecordBar()
+    trainer = _trainer(steps, max_epochs=1, enable_progress_bar=True, callbacks=[CheapRichProgressBar(), record])
+    trainer.fit(MNISTClassifier(net=MLP([16])), train_dataloaders=_loader())
+    assert record.seen == [(done, SAMPLES // BATCH) for done in expected]

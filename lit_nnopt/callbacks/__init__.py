@@ -24,6 +24,7 @@ from lit_nnopt.callbacks.gradient_clipping import GradientClipping
 from lit_nnopt.callbacks.interrupt_checkpoint import InterruptCheckpoint
 from lit_nnopt.callbacks.nan_guard import NaNGuard
 from lit_nnopt.callbacks.plateau import ReduceLROnPlateau
+from lit_nnopt.callbacks.steps_per_execution import StepsPerExecution
 
 _logger = logging.getLogger(__name__)
 _logger.setLevel(logging.INFO)
@@ -40,4 +41,5 @@ __all__ = [
     "LearningRateMonitor",
     "NaNGuard",
     "ReduceLROnPlateau",
+    "StepsPerExecution",
 ]

@@ -42,11 +42,13 @@ class NaNGuard(Callback):
       ``min_epochs``/``min_steps``, as with any callback stop).
 
     Under gradient accumulation, a non-finite loss in any micro-batch skips the whole
-    accumulated step. When one training step runs a group of batches, the callback acts at the
-    end of the group: the group's remaining batches are skipped as well, and count as the same
-    skipped step. The snapshot costs one copy of the weights and optimizer state in device
-    memory (and in checkpoints), refreshed at each snapshot; the check costs one host sync of
-    the loss per micro-batch (and, under DDP, an all-reduce of one flag). The lr scaling follows
+    accumulated step. When one training step runs a group of batches
+    (:class:`~lit_nnopt.callbacks.StepsPerExecution`), the callback acts at the end of the group: the
+    group's remaining batches are skipped as well, and count as the same skipped step. Put ``NaNGuard``
+    before :class:`~lit_nnopt.callbacks.GradientClipping` in the callbacks list so that the clipping
+    callback does not see the dropped step. The snapshot costs one copy of the weights and optimizer
+    state in device memory (and in checkpoints), refreshed at each snapshot; the check costs one host
+    sync of the loss per micro-batch (and, under DDP, an all-reduce of one flag). The lr scaling follows
     the same rules for LR schedulers as :class:`~lit_nnopt.callbacks.ReduceLROnPlateau`.
 
     Counters: ``skipped_steps``, ``rollbacks``; after a stop, ``stopping_reason_message`` (the
