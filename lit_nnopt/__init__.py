@@ -1,36 +1,24 @@
 """lit_nnopt: learn, apply and compare neural-network optimization techniques on PyTorch Lightning.
 
-The public names below are imported on first use, so that ``import lit_nnopt.idx`` or
-``python -m lit_nnopt new`` do not pay for importing Lightning.
+The library: data, networks, the LightningModule, optimizers and schedules
+(``lit_nnopt.optim``), drop-in callbacks (``lit_nnopt.callbacks``) and atomic checkpoint IO.
+The ``python -m lit_nnopt`` application lives in ``lit_nnopt.app``, which nothing here imports.
+Names are imported on first use, so that ``import lit_nnopt.idx`` does not pay for Lightning.
 """
 
 from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "AtomicCheckpointIO": "lit_nnopt.resilience",
-    "AutoWandbLogger": "lit_nnopt.loggers",
+    "AtomicCheckpointIO": "lit_nnopt.checkpoint_io",
     "BatchLoader": "lit_nnopt.data",
     "CNN": "lit_nnopt.networks",
     "MLP": "lit_nnopt.networks",
     "MNISTClassifier": "lit_nnopt.model",
     "MNISTDataModule": "lit_nnopt.data",
-    "RunPictures": "lit_nnopt.plots",
-    "RunSummary": "lit_nnopt.reports",
     "StepsPerExecution": "lit_nnopt.callbacks",
 }
-__all__ = [  # provided by __getattr__
-    "CNN",
-    "MLP",
-    "AtomicCheckpointIO",
-    "AutoWandbLogger",
-    "BatchLoader",
-    "MNISTClassifier",
-    "MNISTDataModule",
-    "RunPictures",
-    "RunSummary",
-    "StepsPerExecution",
-]
+__all__ = sorted(_EXPORTS)  # provided by __getattr__
 __version__ = "0.1.0"
 
 

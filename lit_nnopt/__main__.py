@@ -1,4 +1,4 @@
-from lit_nnopt.cli import main
+from lit_nnopt.app.main import main
 
 if __name__ == "__main__":
     main()

@@ -119,7 +119,10 @@ class BatchLoader:
             stop = min(start + chunk, self.batches_per_epoch)
             images, labels = self._rows(order, start * self.batch_size, stop * self.batch_size)
             for batch, batch_images, batch_labels in zip(
-                range(start + 1, stop + 1), images.split(self.batch_size), labels.split(self.batch_size)
+                range(start + 1, stop + 1),
+                images.split(self.batch_size),
+                labels.split(self.batch_size),
+                strict=True,
             ):
                 self._served = (epoch, batch)
                 yield batch_images, batch_labels
@@ -246,8 +249,8 @@ class MNISTDataModule(pl.LightningDataModule):
         except Exception as err:  # torchvision raises RuntimeError, URLError, OSError... offline
             raise DataError(
                 f"{self.dataset} files are missing (searched {searched}) and downloading them through "
-                f"torchvision failed: {' '.join(str(err).split())}. Without a network, copy the four IDX files (raw or .gz) "
-                f"into {self.data_dir} or point `--data.data_dir` (or ${DATA_DIR_ENV}) at a folder that "
+                f"torchvision failed: {' '.join(str(err).split())}. Without a network, copy the four IDX files "
+                f"(raw or .gz) into {self.data_dir} or point `--data.data_dir` (or ${DATA_DIR_ENV}) at a folder that "
                 "holds them."
             ) from err
 
@@ -286,7 +289,9 @@ class MNISTDataModule(pl.LightningDataModule):
         if not self._splits:
             self._read_splits()
         for split in ("train", "val", "test"):
-            name, size = ("batch_size", self.batch_size) if split == "train" else ("eval_batch_size", self.eval_batch_size)
+            name, size = (
+                ("batch_size", self.batch_size) if split == "train" else ("eval_batch_size", self.eval_batch_size)
+            )
             if size > len(self._splits[split][1]):
                 raise DataError(
                     f"`{name}` {size} is larger than the {split} split "
@@ -305,9 +310,15 @@ class MNISTDataModule(pl.LightningDataModule):
             if device.type == "cuda":  # MNIST is 47 MB: keep it on the GPU, no copy per batch
                 images, labels = images.to(device), labels.to(device)
             loader = BatchLoader(
-                images, labels, self.batch_size if split == "train" else self.eval_batch_size,
-                shuffle=split == "train", seed=self.seed,
-                rank=rank, world_size=world_size, mean=self._mean, std=self._std,
+                images,
+                labels,
+                self.batch_size if split == "train" else self.eval_batch_size,
+                shuffle=split == "train",
+                seed=self.seed,
+                rank=rank,
+                world_size=world_size,
+                mean=self._mean,
+                std=self._std,
                 current_epoch=(lambda: trainer.current_epoch) if trainer and split == "train" else None,
             )
             self._loaders[split] = loader

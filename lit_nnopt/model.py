@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import instantiate_class
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import Metric
@@ -34,6 +33,16 @@ def describe(net: nn.Module) -> dict[str, Any]:
     cls = type(net)
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(net, "init_args", {}))}
 
+
+
+def _instantiate(args: Any, config: dict[str, Any]) -> Any:
+    """``class_path(*args, **init_args)`` of a ``{"class_path": ..., "init_args": ...}`` dict.
+
+    What LightningCLI's ``instantiate_class`` does, without importing the CLI's parser.
+    """
+    module_name, class_name = config["class_path"].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(*(args if isinstance(args, tuple) else (args,)), **config.get("init_args", {}))
 
 class MeanLoss(Metric):
     """The sample-weighted mean of per-batch mean losses over an epoch, synchronized under DDP."""
@@ -126,7 +135,7 @@ class MNISTClassifier(pl.LightningModule):
         if lr_scheduler_frequency < 1:
             raise ValueError(f"`lr_scheduler_frequency` must be >= 1, got {lr_scheduler_frequency}.")
         if isinstance(net, dict):
-            net = instantiate_class((), net)
+            net = _instantiate((), net)
         self.net = net if net is not None else MLP()
         with warnings.catch_warnings():  # a module in hparams is replaced by its description below
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
@@ -215,10 +224,10 @@ class MNISTClassifier(pl.LightningModule):
             params = self.parameters()
         if self._fused_by_default(init_args):
             init_args["fused"] = True
-        optimizer = instantiate_class(params, {**self.optimizer_init, "init_args": init_args})
+        optimizer = _instantiate(params, {**self.optimizer_init, "init_args": init_args})
         if not self.lr_scheduler_init:
             return optimizer
-        scheduler = instantiate_class(optimizer, self.lr_scheduler_init)
+        scheduler = _instantiate(optimizer, self.lr_scheduler_init)
         config = {
             "scheduler": scheduler,
             "interval": self.hparams.lr_scheduler_interval,

@@ -53,8 +53,13 @@ class MLP(nn.Module):
         if l2 < 0:
             raise ValueError(f"`l2` must be >= 0, got {l2}.")
         self.init_args = {
-            "hidden_sizes": list(hidden_sizes), "activation": activation, "dropout": dropout,
-            "batch_norm": batch_norm, "init": init, "l2": l2, "num_classes": num_classes,
+            "hidden_sizes": list(hidden_sizes),
+            "activation": activation,
+            "dropout": dropout,
+            "batch_norm": batch_norm,
+            "init": init,
+            "l2": l2,
+            "num_classes": num_classes,
         }
         layers: list[nn.Module] = [nn.Flatten()]
         self.regularized: list[nn.Parameter] = []
@@ -112,14 +117,22 @@ class CNN(nn.Module):
         width = 1
         for out in channels:
             blocks += [
-                nn.Conv2d(width, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
-                nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
+                nn.Conv2d(width, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(),
+                nn.Conv2d(out, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(),
                 nn.MaxPool2d(2),
             ]
             width = out
         self.features = nn.Sequential(*blocks)
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(width * 7 * 7, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+            nn.Flatten(),
+            nn.Linear(width * 7 * 7, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

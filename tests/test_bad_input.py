@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_nnopt.cli import DEBUG_ENV, ConfigError, main
+from lit_nnopt.app.cli import ConfigError
+from lit_nnopt.app.main import DEBUG_ENV, main
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.networks import MLP
 from tests.conftest import CONFIGS, REPO, link_mnist
@@ -41,8 +42,21 @@ def _main(capfd, *args: str) -> tuple[int, str]:
 
 def _fit(capfd, tmp_path: Path, *args: str, config: str = ADAM) -> tuple[int, str]:
     # No logger: a W&B run started in this process would outlive the test.
-    return _main(capfd, "fit", "--config", config, "--trainer.default_root_dir", str(tmp_path / "runs"),
-                 "--trainer.logger", "false", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5", *args)
+    return _main(
+        capfd,
+        "fit",
+        "--config",
+        config,
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        "--trainer.logger",
+        "false",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "5",
+        *args,
+    )
 
 
 @pytest.mark.parametrize("dropout", ["1.0", "-0.1"])
@@ -55,13 +69,21 @@ def test_dropout_outside_0_1(capfd, tmp_path, dropout):
 def test_negative_patience_of_a_callback(capfd, tmp_path):
     code, stderr = _fit(capfd, tmp_path, "--trainer.callbacks.init_args.patience", "-1")
     assert code == 1
-    assert "`trainer.callbacks[0].init_args.patience` of lit_nnopt.callbacks.EarlyStopping must be >= 0, got -1" \
-        in stderr
+    assert (
+        "`trainer.callbacks[0].init_args.patience` of lit_nnopt.callbacks.EarlyStopping must be >= 0, got -1" in stderr
+    )
 
 
 def test_negative_patience_of_a_scheduler(capfd, tmp_path):
-    code, stderr = _fit(capfd, tmp_path, "--lr_scheduler", "torch.optim.lr_scheduler.ReduceLROnPlateau",
-                        "--lr_scheduler.patience", "-2", config=str(CONFIGS / "sgd.yaml"))
+    code, stderr = _fit(
+        capfd,
+        tmp_path,
+        "--lr_scheduler",
+        "torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "--lr_scheduler.patience",
+        "-2",
+        config=str(CONFIGS / "sgd.yaml"),
+    )
     assert code == 1
     assert "`lr_scheduler.init_args.patience` of torch.optim.lr_scheduler.ReduceLROnPlateau must be >= 0" in stderr
 
@@ -81,8 +103,9 @@ def test_batch_size_not_positive(capfd, tmp_path, batch_size):
 
 
 def test_eval_batch_size_larger_than_the_validation_split(capfd, tmp_path, mnist_dir):
-    code, stderr = _fit(capfd, tmp_path, "--data.data_dir", str(mnist_dir), "--data.eval_batch_size", "5000",
-                        "--data.val_split", "0.05")
+    code, stderr = _fit(
+        capfd, tmp_path, "--data.data_dir", str(mnist_dir), "--data.eval_batch_size", "5000", "--data.val_split", "0.05"
+    )
     assert code == 1
     assert "`eval_batch_size` 5000 is larger than the val split (3000 samples)" in stderr
     assert "Epoch 0" not in capfd.readouterr().out
@@ -142,28 +165,53 @@ def _adam_mlp() -> MNISTClassifier:
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
 def test_a_missing_checkpoint(capfd, tmp_path, subcommand):
-    code, stderr = _main(capfd, subcommand, "--config", ADAM, "--trainer.default_root_dir", str(tmp_path),
-                         "--ckpt_path", str(tmp_path / "nope.ckpt"))
+    code, stderr = _main(
+        capfd,
+        subcommand,
+        "--config",
+        ADAM,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        str(tmp_path / "nope.ckpt"),
+    )
     assert code == 1
     assert f"--ckpt_path {tmp_path / 'nope.ckpt'} does not exist" in stderr
 
 
-@pytest.mark.parametrize("content, message", [(b"trainer: {}\n", "not written by torch.save"),
-                                              (b"PK\x03\x04 cut short", "truncated or damaged")])
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"trainer: {}\n", "not written by torch.save"), (b"PK\x03\x04 cut short", "truncated or damaged")],
+)
 def test_a_file_that_is_not_a_checkpoint(capfd, tmp_path, content, message):
     path = tmp_path / "model.ckpt"
     path.write_bytes(content)
-    code, stderr = _main(capfd, "validate", "--config", ADAM, "--trainer.default_root_dir", str(tmp_path),
-                         "--ckpt_path", str(path))
+    code, stderr = _main(
+        capfd, "validate", "--config", ADAM, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(path)
+    )
     assert code == 1
     assert message in stderr
 
 
 def test_a_checkpoint_of_another_network_is_evaluated_as_trained_and_says_so(capfd, tmp_path, mnist_dir):
     checkpoint = _save(tmp_path / "mlp.ckpt", _adam_mlp())
-    main(["validate", "--config", str(CONFIGS / "cnn.yaml"), "--data.data_dir", str(mnist_dir),
-          "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
-          "--trainer.limit_val_batches", "2", "--ckpt_path", str(checkpoint)])
+    main(
+        [
+            "validate",
+            "--config",
+            str(CONFIGS / "cnn.yaml"),
+            "--data.data_dir",
+            str(mnist_dir),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+            "--trainer.limit_val_batches",
+            "2",
+            "--ckpt_path",
+            str(checkpoint),
+        ]
+    )
     stderr = capfd.readouterr().err
     assert "lit_nnopt: the model is built from the checkpoint's hyperparameters, net lit_nnopt.networks.MLP(" in stderr
     assert "not from the config's lit_nnopt.CNN(channels=[32, 64]" in stderr
@@ -171,16 +219,25 @@ def test_a_checkpoint_of_another_network_is_evaluated_as_trained_and_says_so(cap
 
 def test_a_checkpoint_of_another_model_class(capfd, tmp_path):
     checkpoint = _save(tmp_path / "other.ckpt", _adam_mlp(), extra={"dropout_rate": 0.5})
-    code, stderr = _main(capfd, "validate", "--config", ADAM, "--trainer.default_root_dir", str(tmp_path),
-                         "--ckpt_path", str(checkpoint))
+    code, stderr = _main(
+        capfd, "validate", "--config", ADAM, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(checkpoint)
+    )
     assert code == 1
     assert "was written by another model: MNISTClassifier takes no dropout_rate" in stderr
 
 
 def test_a_checkpoint_without_hyperparameters_that_does_not_fit(capfd, tmp_path):
     checkpoint = _save(tmp_path / "bare.ckpt", _adam_mlp(), with_hparams=False)
-    code, stderr = _main(capfd, "validate", "--config", str(CONFIGS / "cnn.yaml"),
-                         "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(checkpoint))
+    code, stderr = _main(
+        capfd,
+        "validate",
+        "--config",
+        str(CONFIGS / "cnn.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        str(checkpoint),
+    )
     assert code == 1
     assert f"{checkpoint} does not fit this config: the model has net.features.0.weight" in stderr
     assert "--config <run folder>/config.yaml" in stderr
@@ -188,15 +245,24 @@ def test_a_checkpoint_without_hyperparameters_that_does_not_fit(capfd, tmp_path)
 
 def test_resuming_with_another_optimizer(capfd, tmp_path):
     checkpoint = _save(tmp_path / "adam.ckpt", _adam_mlp())
-    code, stderr = _main(capfd, "fit", "--config", str(CONFIGS / "sgd.yaml"),
-                         "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(checkpoint))
+    code, stderr = _main(
+        capfd,
+        "fit",
+        "--config",
+        str(CONFIGS / "sgd.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--ckpt_path",
+        str(checkpoint),
+    )
     assert code == 1
     assert "the checkpoint's optimizer is torch.optim.Adam, this config's is torch.optim.SGD" in stderr
 
 
 def test_ckpt_path_last_without_a_run_to_resume(capfd, tmp_path):
-    code, stderr = _main(capfd, "validate", "--config", ADAM, "--trainer.default_root_dir", str(tmp_path),
-                         "--ckpt_path", "last")
+    code, stderr = _main(
+        capfd, "validate", "--config", ADAM, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"
+    )
     assert code == 1
     assert f"--ckpt_path last: no run of this config under {tmp_path / 'lit_nnopt'} has a last.ckpt" in stderr
 
@@ -257,15 +323,30 @@ def test_a_missing_config_file(capfd, tmp_path):
 def test_the_debug_flag_shows_the_traceback(monkeypatch, tmp_path):
     monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(ConfigError, match="dropout"):
-        main(["fit", "--config", ADAM, "--trainer.default_root_dir", str(tmp_path),
-              "--model.net.init_args.dropout", "2"])
+        main(
+            ["fit", "--config", ADAM, "--trainer.default_root_dir", str(tmp_path), "--model.net.init_args.dropout", "2"]
+        )
 
 
 def test_the_exit_status_reaches_the_shell(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "lit_nnopt", "fit", "--config", ADAM, "--trainer.default_root_dir", str(tmp_path),
-         "--model.net.init_args.dropout", "1.5"],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lit_nnopt",
+            "fit",
+            "--config",
+            ADAM,
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--model.net.init_args.dropout",
+            "1.5",
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-2].startswith("lit_nnopt: error: `model.net.init_args.dropout`")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lit_nnopt.bench import whole_process_seconds_per_epoch
+from lit_nnopt.app.bench import whole_process_seconds_per_epoch
 from tests.conftest import REPO
 
 
@@ -20,9 +20,24 @@ def test_whole_process_figure_is_the_cost_of_each_epoch_after_the_first():
 def test_bench_runs_every_runner_and_prints_ratios_to_the_reference(mnist_dir: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
     result = subprocess.run(
-        [sys.executable, "-m", "lit_nnopt.bench", "--data-dir", str(mnist_dir), "--epochs", "2", "--repeats", "1",
-         "--skip-usual"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            sys.executable,
+            "-m",
+            "lit_nnopt.app.bench",
+            "--data-dir",
+            str(mnist_dir),
+            "--epochs",
+            "2",
+            "--repeats",
+            "1",
+            "--skip-usual",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -18,7 +16,6 @@ from torch import nn
 
 import lit_nnopt.callbacks as callbacks
 from lit_nnopt.callbacks import EarlyStopping, ReduceLROnPlateau
-from tests.conftest import REPO
 from tests.test_callbacks_support import ScriptedTrainer, capture_logs
 
 OURS = [
@@ -80,16 +77,3 @@ def test_plateau_logs_nothing_on_other_ranks(monkeypatch, caplog):
     plateau.on_validation_end(trainer, None)
     plateau.on_validation_end(trainer, None)
     assert plateau.reductions and not [r for r in logs.records if r.levelno >= logging.INFO]
-
-
-def test_importing_the_callbacks_loads_no_application_module():
-    code = (
-        "import sys, lit_nnopt.callbacks\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('lit_nnopt'))\n"
-        "print(' '.join(loaded))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
-    loaded = result.stdout.split()
-    assert "lit_nnopt.callbacks" in loaded
-    application = ("resilience", "cli", "reports", "plots", "loggers", "compare", "progress", "bench")
-    assert not [name for name in loaded if name.partition(".")[2].split(".")[0] in application]

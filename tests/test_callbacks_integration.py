@@ -13,8 +13,8 @@ from lightning.pytorch.plugins import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_nnopt import MNISTClassifier
+from lit_nnopt.app.reports import stop_reason
 from lit_nnopt.callbacks import EarlyStopping, GradientClipping, GradientNormMonitor, NaNGuard, ReduceLROnPlateau
-from lit_nnopt.reports import stop_reason
 from tests.test_callbacks_support import ScriptedMetricModel, capture_logs, quiet_trainer
 
 

@@ -29,8 +29,15 @@ def one_epoch(mnist_dir, tmp_path_factory):
     """One epoch of configs/adam.yaml through the CLI; the run folder it leaves."""
     root = tmp_path_factory.mktemp("adam")
     result = run_cli(
-        "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-        "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(root),
+        "fit",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        str(root),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return root
@@ -55,8 +62,15 @@ def test_checkpoints_hold_primitive_hparams(one_epoch):
 def test_validate_from_the_best_checkpoint_reproduces_the_figures(one_epoch, mnist_dir, tmp_path):
     best = _summary(one_epoch)["best_checkpoint"]
     result = run_cli(
-        "validate", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-        "--ckpt_path", best, "--trainer.default_root_dir", str(tmp_path),
+        "validate",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--ckpt_path",
+        best,
+        "--trainer.default_root_dir",
+        str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     reported = _summary(one_epoch)["best"]["val_acc"]
@@ -67,8 +81,15 @@ def test_validate_from_the_best_checkpoint_reproduces_the_figures(one_epoch, mni
 def test_test_subcommand_writes_test_metrics(one_epoch, mnist_dir, tmp_path):
     best = _summary(one_epoch)["best_checkpoint"]
     result = run_cli(
-        "test", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-        "--ckpt_path", best, "--trainer.default_root_dir", str(tmp_path),
+        "test",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--ckpt_path",
+        best,
+        "--trainer.default_root_dir",
+        str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert _summary(tmp_path)["final"]["test_acc"] >= 0.95
@@ -103,8 +124,16 @@ def test_bad_config_values_fail_clearly(args, message, tmp_path):
 
 def _fit_on(data_dir: Path, tmp_path: Path, *extra: str):
     return run_cli(
-        "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(data_dir),
-        "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.max_epochs", "1", *extra,
+        "fit",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(data_dir),
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+        "--trainer.max_epochs",
+        "1",
+        *extra,
     )
 
 
@@ -157,9 +186,20 @@ def short_fit(mnist_dir, tmp_path_factory):
     """A short `fit` of adam.yaml with the default logger (W&B, offline); its output and root folder."""
     root = tmp_path_factory.mktemp("short")
     result = run_cli(
-        "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "40", "--trainer.limit_val_batches", "5",
-        "--trainer.default_root_dir", str(root), cwd=root,
+        "fit",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "40",
+        "--trainer.limit_val_batches",
+        "5",
+        "--trainer.default_root_dir",
+        str(root),
+        cwd=root,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (root / "lit_nnopt").iterdir()
@@ -191,8 +231,16 @@ def test_fit_ends_with_the_best_checkpoint_and_the_command_that_tests_it_in_the_
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
 def test_evaluating_without_a_checkpoint_is_refused_naming_the_best_one(short_fit, mnist_dir, subcommand):
     _, root, run = short_fit
-    result = run_cli(subcommand, "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-                     "--trainer.default_root_dir", str(root), cwd=root)
+    result = run_cli(
+        subcommand,
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.default_root_dir",
+        str(root),
+        cwd=root,
+    )
     assert result.returncode == 1
     assert f"`{subcommand}` needs trained weights and no --ckpt_path was given" in result.stderr
     assert f"its best checkpoint at {_summary(run)['best_checkpoint']}: add `--ckpt_path best`" in result.stderr
@@ -201,9 +249,20 @@ def test_evaluating_without_a_checkpoint_is_refused_naming_the_best_one(short_fi
 
 def test_predict_with_the_best_checkpoint_writes_a_csv_in_the_run_folder(short_fit, mnist_dir):
     _, root, run = short_fit
-    result = run_cli("predict", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-                     "--trainer.default_root_dir", str(root), "--ckpt_path", "best",
-                     "--trainer.limit_predict_batches", "1", cwd=root)
+    result = run_cli(
+        "predict",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.default_root_dir",
+        str(root),
+        "--ckpt_path",
+        "best",
+        "--trainer.limit_predict_batches",
+        "1",
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"predict: using {_summary(run)['best_checkpoint']}, the best checkpoint" in result.stderr
     path = run / "predictions.csv"

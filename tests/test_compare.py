@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_nnopt.compare import DEFAULT_OUT, Run, parse_args, plot, run_names, write_markdown
+from lit_nnopt.app.compare import DEFAULT_OUT, Run, parse_args, plot, run_names, write_markdown
 from tests.conftest import CONFIGS, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -47,7 +47,10 @@ def test_help_prints_usage(capsys: pytest.CaptureFixture) -> None:
 
 def test_run_names_follow_file_names_and_stay_unique() -> None:
     assert run_names([Path("a/sgd.yaml"), Path("b/sgd.yaml"), Path("adam.yaml"), Path("c/sgd.yaml")]) == [
-        "sgd", "sgd-2", "adam", "sgd-3",
+        "sgd",
+        "sgd-2",
+        "adam",
+        "sgd-3",
     ]
 
 
@@ -57,7 +60,19 @@ def _history(accuracies: list[float]) -> list[dict]:
 
 def test_markdown_has_one_row_per_config_and_reports_failures(tmp_path: Path) -> None:
     runs = [
-        Run("sgd", "configs/sgd.yaml", 0.95, 0.949, 0.951, 2, 3, "max_epochs (3) reached", 2.5, None, _history([0.9, 0.94, 0.95])),
+        Run(
+            "sgd",
+            "configs/sgd.yaml",
+            0.95,
+            0.949,
+            0.951,
+            2,
+            3,
+            "max_epochs (3) reached",
+            2.5,
+            None,
+            _history([0.9, 0.94, 0.95]),
+        ),
         Run("broken", "broken.yaml", error="fit failed (exit 1): lit_nnopt: error: a | b"),
     ]
     path = tmp_path / "comparison.md"
@@ -80,9 +95,24 @@ def test_compare_two_configs_and_a_broken_one(mnist_dir: Path, tmp_path: Path) -
     broken.write_text("# Not a valid config: the model has no such argument.\nmodel:\n  no_such_argument: 1\n")
     out = tmp_path / "out"
     result = run_cli(
-        "compare", str(CONFIGS / "sgd.yaml"), str(broken), str(CONFIGS / "tutorial.yaml"), "--out", str(out),
-        "--data.data_dir", str(mnist_dir), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4",
-        "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2", "--trainer.logger.mode", "disabled",
+        "compare",
+        str(CONFIGS / "sgd.yaml"),
+        str(broken),
+        str(CONFIGS / "tutorial.yaml"),
+        "--out",
+        str(out),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "4",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.limit_test_batches",
+        "2",
+        "--trainer.logger.mode",
+        "disabled",
         env={"OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -98,4 +128,3 @@ def test_compare_two_configs_and_a_broken_one(mnist_dir: Path, tmp_path: Path) -
     table = [line for line in (out / "comparison.md").read_text().splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in table[1:]] == ["| sgd", "| broken", "| tutorial"]
     assert "[3/3] tutorial: test_acc" in result.stderr
-

@@ -41,10 +41,23 @@ def _on_this_machine(config: Path) -> list[str]:
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda path: path.stem)
 def test_config_runs_one_batch(config: Path, mnist_dir: Path, tmp_path: Path) -> None:
     result = run_cli(
-        "fit", "--config", str(config), "--data.data_dir", str(mnist_dir), "--trainer.fast_dev_run", "true",
-        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        *_on_this_machine(config), env=ONE_THREAD,
+        "fit",
+        "--config",
+        str(config),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *_on_this_machine(config),
+        env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Trainer.fit` stopped" in result.stdout + result.stderr
@@ -53,8 +66,18 @@ def test_config_runs_one_batch(config: Path, mnist_dir: Path, tmp_path: Path) ->
 def test_the_required_configs_exist() -> None:
     names = {path.stem for path in ALL_CONFIGS}
     required = {
-        "sgd", "momentum", "adam", "l2", "dropout", "exponential_decay", "plateau", "batchnorm", "clipping",
-        "early_stopping", "cnn", "tutorial",
+        "sgd",
+        "momentum",
+        "adam",
+        "l2",
+        "dropout",
+        "exponential_decay",
+        "plateau",
+        "batchnorm",
+        "clipping",
+        "early_stopping",
+        "cnn",
+        "tutorial",
     }
     assert required <= names, f"missing: {sorted(required - names)}"
 
@@ -63,7 +86,13 @@ def test_tutorial_config_is_the_articles_recipe_with_keras_semantics() -> None:
     config = yaml.safe_load((CONFIGS / "tutorial.yaml").read_text())
     net = config["model"]["net"]
     assert net["class_path"] == "lit_nnopt.MLP"
-    assert net["init_args"] == {"hidden_sizes": [128], "activation": "relu", "dropout": 0.2, "init": "keras", "l2": 0.01}
+    assert net["init_args"] == {
+        "hidden_sizes": [128],
+        "activation": "relu",
+        "dropout": 0.2,
+        "init": "keras",
+        "l2": 0.01,
+    }
     assert config["model"]["lr_scheduler_interval"] == "step"
     assert config["optimizer"] == {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001, "eps": 1e-7}}
     assert config["lr_scheduler"] == {
@@ -83,8 +112,17 @@ README_TEST_ACCURACY = {"tutorial": 0.9633, "adam": 0.9811}
 def test_tutorial_and_adam_reach_the_readme_accuracy(mnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_cli(
-        "compare", str(CONFIGS / "tutorial.yaml"), str(CONFIGS / "adam.yaml"), "--out", str(out),
-        "--data.data_dir", str(mnist_dir), "--trainer.logger", "false", env=ONE_THREAD, timeout=3600,
+        "compare",
+        str(CONFIGS / "tutorial.yaml"),
+        str(CONFIGS / "adam.yaml"),
+        "--out",
+        str(out),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.logger",
+        "false",
+        env=ONE_THREAD,
+        timeout=3600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {row["config"]: row for row in json.loads((out / "comparison.json").read_text())}

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from lit_nnopt.console import quiet_known_noise
+from lit_nnopt.app.console import quiet_known_noise
 
 SIGNAL_LOGGER = "lightning.pytorch.trainer.connectors.signal_connector"
 RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"

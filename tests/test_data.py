@@ -80,7 +80,7 @@ def test_split_is_seeded_deterministic_and_disjoint(mnist_dir):
     first = MNISTDataModule(str(mnist_dir), seed=1).split_indices(60000)
     again = MNISTDataModule(str(mnist_dir), seed=1).split_indices(60000)
     other = MNISTDataModule(str(mnist_dir), seed=2).split_indices(60000)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0], other[0])
     val, train = first
     assert len(val) == 12000 and len(train) == 48000
@@ -155,8 +155,10 @@ def test_bad_arguments_are_refused(kwargs, message):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"batch_size": 50000}, "`batch_size` 50000 is larger than the train split"),
-     ({"eval_batch_size": 11000}, "`eval_batch_size` 11000 is larger than the test split")],
+    [
+        ({"batch_size": 50000}, "`batch_size` 50000 is larger than the train split"),
+        ({"eval_batch_size": 11000}, "`eval_batch_size` 11000 is larger than the test split"),
+    ],
 )
 def test_batch_larger_than_a_split_is_refused(mnist_dir, kwargs, message):
     data = MNISTDataModule(str(mnist_dir), **kwargs)

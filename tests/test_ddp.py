@@ -12,9 +12,18 @@ DDP_CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.
 
 def _fit(mnist_dir: Path, root: Path, *extra: str):
     result = run_cli(
-        "fit", "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-        "--trainer.default_root_dir", str(root / "runs"), "--trainer.logger", "false",
-        "--trainer.callbacks+=tests.helpers.DumpRankState", "--trainer.callbacks.out_dir", str(root / "ranks"),
+        "fit",
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.default_root_dir",
+        str(root / "runs"),
+        "--trainer.logger",
+        "false",
+        "--trainer.callbacks+=tests.helpers.DumpRankState",
+        "--trainer.callbacks.out_dir",
+        str(root / "ranks"),
         *extra,
     )
     assert result.returncode == 0, result.stderr[-4000:]

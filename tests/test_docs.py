@@ -176,10 +176,12 @@ def reference_entries() -> list[str]:
 
 def test_every_public_name_has_a_reference_entry_under_its_public_path() -> None:
     import lit_nnopt
+    import lit_nnopt.app
     import lit_nnopt.callbacks
 
     public = [f"lit_nnopt.{name}" for name in lit_nnopt.__all__]
     public += [f"lit_nnopt.callbacks.{name}" for name in lit_nnopt.callbacks.__all__]
+    public += [f"lit_nnopt.app.{name}" for name in lit_nnopt.app.__all__]
     missing = sorted(set(public) - set(reference_entries()))
     assert not missing, f"add a `::: NAME` entry to a page of docs/reference/ for: {missing}"
 
@@ -244,7 +246,7 @@ def test_docstring_examples_are_found() -> None:
     found = {param.values[0] for param in docstring_examples()}
     assert {
         "lit_nnopt.callbacks.EarlyStopping",
-        "lit_nnopt.RunPictures",
+        "lit_nnopt.app.RunPictures",
         "lit_nnopt.callbacks.InterruptCheckpoint",
     } <= found
 

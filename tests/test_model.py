@@ -121,8 +121,13 @@ def test_fused_by_default_when_the_cli_fills_in_torchs_none():
 
 
 def _tiny_trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-                "default_root_dir": tmp_path}
+    defaults = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+    }
     return pl.Trainer(**{**defaults, **kwargs})
 
 
@@ -187,7 +192,11 @@ def test_loggers_receive_every_train_val_and_test_metric_every_epoch(steps, tmp_
     csv_logger, tensorboard = CSVLogger(tmp_path, name="csv"), TensorBoardLogger(tmp_path, name="tb")
     # 11 batches an epoch: not a multiple of log_every_n_steps, and fewer than it.
     trainer = _tiny_trainer(
-        tmp_path, max_epochs=3, logger=[csv_logger, tensorboard], log_every_n_steps=4, enable_checkpointing=False,
+        tmp_path,
+        max_epochs=3,
+        logger=[csv_logger, tensorboard],
+        log_every_n_steps=4,
+        enable_checkpointing=False,
         callbacks=[StepsPerExecution(steps)],
     )
     model = MNISTClassifier(net=MLP([8]))

@@ -12,7 +12,7 @@ import torch
 import yaml
 from lightning.pytorch.cli import instantiate_class
 
-from lit_nnopt.cli import LitNNOptCLI
+from lit_nnopt.app.cli import LitNNOptCLI
 from lit_nnopt.networks import MLP
 from lit_nnopt.optim import ExponentialDecay, KerasSGD, WarmupCosineDecay
 from tests.conftest import CONFIGS
@@ -129,7 +129,7 @@ def test_keras_sgd_equals_torch_sgd_while_lr_is_constant(nesterov: bool) -> None
     lrs = [0.05] * 20
     keras = _trajectory(lambda p: KerasSGD(p, lr=0.05, momentum=0.9, nesterov=nesterov), lrs)
     torch_sgd = _trajectory(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=nesterov), lrs)
-    for ours, theirs in zip(keras, torch_sgd):
+    for ours, theirs in zip(keras, torch_sgd, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
@@ -144,7 +144,7 @@ def test_keras_sgd_differs_from_torch_sgd_once_lr_changes() -> None:
 def _scalar_steps(optimizer_class, lrs: list[float], grads: list[float], **kwargs) -> float:
     weight = torch.nn.Parameter(torch.tensor([1.0]))
     optimizer = optimizer_class([weight], lr=lrs[0], **kwargs)
-    for lr, grad in zip(lrs, grads):
+    for lr, grad in zip(lrs, grads, strict=True):
         optimizer.param_groups[0]["lr"] = lr
         weight.grad = torch.tensor([grad])
         optimizer.step()
@@ -180,8 +180,12 @@ def test_keras_sgd_nesterov_and_weight_decay_by_hand() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"lr": 0.0}, "lr"), ({"momentum": 1.0}, "momentum"), ({"nesterov": True}, "nesterov"),
-     ({"weight_decay": -1.0}, "weight_decay")],
+    [
+        ({"lr": 0.0}, "lr"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"nesterov": True}, "nesterov"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+    ],
 )
 def test_keras_sgd_rejects_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -248,11 +252,27 @@ def test_yaml_schedulers_step_per_optimizer_step(
     steps = 12
     cli = LitNNOptCLI(
         args=[
-            "fit", "--config", str(config), "--data.data_dir", str(mnist_dir),
-            "--model.lr_scheduler_frequency", str(frequency), "--trainer.max_epochs", "1",
-            "--trainer.limit_train_batches", str(steps), "--trainer.limit_val_batches", "1",
-            "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "fit",
+            "--config",
+            str(config),
+            "--data.data_dir",
+            str(mnist_dir),
+            "--model.lr_scheduler_frequency",
+            str(frequency),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            str(steps),
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.logger",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
         ]
     )
     # Per epoch (Lightning's default) the scheduler would have stepped once at most.

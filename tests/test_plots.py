@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lit_nnopt import MNISTClassifier, MNISTDataModule
-from lit_nnopt.plots import (
+from lit_nnopt.app.plots import (
     CONFUSION_MATRIX_FILE,
     LEARNING_CURVES_FILE,
     WORST_EXAMPLES_FILE,
@@ -21,7 +21,7 @@ from lit_nnopt.plots import (
     plot_learning_curves,
     plot_worst_examples,
 )
-from lit_nnopt.reports import RunSummary
+from lit_nnopt.app.reports import RunSummary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -95,7 +95,10 @@ def test_confusion_matrix_checks_its_input(tmp_path, matrix, names, message):
 def test_worst_examples_grid_is_square_ish(tmp_path):
     count = 10  # 4 columns x 3 rows of 1.6 x 1.8 inches
     path = plot_worst_examples(
-        torch.rand(count, 1, 28, 28), torch.arange(count), torch.arange(count).flip(0), torch.rand(count),
+        torch.rand(count, 1, 28, 28),
+        torch.arange(count),
+        torch.arange(count).flip(0),
+        torch.rand(count),
         tmp_path / "worst.png",
     )
     assert png_size(path) == (640, 540)
@@ -130,7 +133,7 @@ def test_run_pictures_checks_its_arguments(kwargs, message):
 
 def test_run_pictures_need_the_run_summary_for_learning_curves(tmp_path):
     trainer = pl.Trainer(logger=False, callbacks=[RunPictures()], default_root_dir=tmp_path)
-    with pytest.raises(RuntimeError, match="Add `lit_nnopt.reports.RunSummary`"):
+    with pytest.raises(RuntimeError, match="Add `lit_nnopt.app.reports.RunSummary`"):
         RunPictures().setup(trainer, MNISTClassifier(), "fit")
     RunPictures(learning_curves=False).setup(trainer, MNISTClassifier(), "fit")  # nothing needed then
 
@@ -141,9 +144,16 @@ def pictures_of_a_short_run(mnist_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("pictures")
     pictures = RunPictures(worst_count=16)
     trainer = pl.Trainer(
-        max_epochs=2, limit_train_batches=10, limit_val_batches=3, limit_test_batches=5, logger=False,
-        callbacks=[RunSummary(), pictures], default_root_dir=root, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False,
+        max_epochs=2,
+        limit_train_batches=10,
+        limit_val_batches=3,
+        limit_test_batches=5,
+        logger=False,
+        callbacks=[RunSummary(), pictures],
+        default_root_dir=root,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
     model, data = MNISTClassifier(), MNISTDataModule(str(mnist_dir), batch_size=64, eval_batch_size=64)
     trainer.fit(model, data)

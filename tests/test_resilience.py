@@ -24,17 +24,11 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_nnopt import MLP, BatchLoader, MNISTClassifier
+from lit_nnopt.app.checks import CheckpointError, check_checkpoint, config_files
+from lit_nnopt.app.reports import RunSummary
+from lit_nnopt.app.runs import find_resumable_checkpoint, resume_command
 from lit_nnopt.callbacks import EarlyStopping, ExactResume, InterruptCheckpoint
-from lit_nnopt.reports import RunSummary
-from lit_nnopt.resilience import (
-    AtomicCheckpointIO,
-    CheckpointError,
-    CheckpointSaveError,
-    check_checkpoint,
-    config_files,
-    find_resumable_checkpoint,
-    resume_command,
-)
+from lit_nnopt.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError
 from tests.conftest import REPO
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B key, known to no server
@@ -130,8 +124,10 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint_intact(tmp_path, monkey
     "failure, reason",
     [
         (OSError(errno.ENOSPC, "No space left on device"), "the disk is full"),
-        (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 426880 vs 426772"),
-         "the write failed, most likely because the disk is full"),
+        (
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 426880 vs 426772"),
+            "the write failed, most likely because the disk is full",
+        ),
         (PermissionError(errno.EACCES, "Permission denied"), "Permission denied"),
     ],
 )
@@ -169,7 +165,7 @@ def test_a_killed_save_never_leaves_a_partial_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
     script = (
         "import sys, torch\n"
-        "from lit_nnopt.resilience import AtomicCheckpointIO\n"
+        "from lit_nnopt.checkpoint_io import AtomicCheckpointIO\n"
         "io = AtomicCheckpointIO()\n"
         "for i in range(1000):\n"
         "    io.save_checkpoint({'step': i, 'w': torch.full((8_000_000,), float(i))}, sys.argv[1])\n"
@@ -424,7 +420,7 @@ def _config(tmp_path: Path, mnist_dir: Path) -> Path:
             "deterministic": True,
             "enable_progress_bar": False,
             "enable_model_summary": False,
-            "logger": {"class_path": "lit_nnopt.loggers.AutoWandbLogger", "init_args": {"mode": "disabled"}},
+            "logger": {"class_path": "lit_nnopt.app.loggers.AutoWandbLogger", "init_args": {"mode": "disabled"}},
         },
         "model": {"net": {"class_path": "lit_nnopt.MLP", "init_args": {"hidden_sizes": [32], "dropout": 0.3}}},
         "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.002}},
@@ -487,7 +483,11 @@ def test_sigterm_mid_epoch_then_ckpt_path_last_ends_bitwise_equal_to_an_uninterr
     mnist_dir, tmp_path, steps_per_execution
 ):
     config, marker = _config(tmp_path, mnist_dir), tmp_path / "paused"
-    steps = ["--trainer.callbacks+=lit_nnopt.callbacks.StepsPerExecution", "--trainer.callbacks.steps", str(steps_per_execution)]
+    steps = [
+        "--trainer.callbacks+=lit_nnopt.callbacks.StepsPerExecution",
+        "--trainer.callbacks.steps",
+        str(steps_per_execution),
+    ]
     whole = _start("fit", "--config", str(config), "--trainer.default_root_dir", "whole", *steps, cwd=tmp_path)
     cut_args = ["fit", "--config", str(config), "--trainer.default_root_dir", "cut", *steps]
     returncode, stderr = _interrupt(_start(*cut_args, *_pause(marker, step=20), cwd=tmp_path), marker, signal.SIGTERM)

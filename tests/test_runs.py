@@ -9,7 +9,7 @@ import re
 import torch
 import yaml
 
-from lit_nnopt.runs import RUN_NAME_ENV, best_checkpoint, latest_best_checkpoint, new_run_name, run_folder_of
+from lit_nnopt.app.runs import RUN_NAME_ENV, best_checkpoint, latest_best_checkpoint, new_run_name, run_folder_of
 
 CONFIG = {"model": {"net": "MLP"}, "optimizer": {"class_path": "torch.optim.Adam"}, "lr_scheduler": None,
           "data": {"batch_size": 64, "data_dir": "here"}}  # fmt: skip

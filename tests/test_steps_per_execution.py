@@ -23,10 +23,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.nn import functional as F
 
 from lit_nnopt import MLP, MNISTClassifier
+from lit_nnopt.app.progress import CheapRichProgressBar
 from lit_nnopt.callbacks import GradientClipping, NaNGuard, StepsPerExecution
 from lit_nnopt.callbacks.steps_per_execution import GroupedBatches
 from lit_nnopt.data import BatchLoader
-from lit_nnopt.progress import CheapRichProgressBar
 from tests.conftest import CONFIGS, run_cli
 
 SAMPLES, BATCH = 110, 10  # 11 batches an epoch

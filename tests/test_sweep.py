@@ -8,7 +8,7 @@ import pytest
 import yaml
 from wandb.sdk.launch.sweeps import utils as sweep_utils
 
-from lit_nnopt.cli import LitNNOptCLI
+from lit_nnopt.app.cli import LitNNOptCLI
 from tests.conftest import CONFIGS, REPO
 
 SWEEP = CONFIGS / "sweep.yaml"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_nnopt.cli import main as cli_main
-from lit_nnopt.new_project import TemplateAnswerError, parse_answers, template_variables
-from lit_nnopt.new_project import main as new_main
+from lit_nnopt.app.main import main as cli_main
+from lit_nnopt.app.new_project import TemplateAnswerError, parse_answers, template_variables
+from lit_nnopt.app.new_project import main as new_main
 
 REPO = Path(__file__).resolve().parents[1]
 RUFF = Path(sys.executable).with_name("ruff")

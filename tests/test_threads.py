@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_nnopt.threads import AUTO_THREADS_ENV, fit_threads_to_free_cpus, free_cpus
+from lit_nnopt.app.environment import AUTO_THREADS_ENV, fit_threads_to_free_cpus, free_cpus
 
 
 @pytest.fixture(autouse=True)

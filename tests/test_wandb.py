@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from wandb.proto import wandb_internal_pb2
 
 from lit_nnopt import MNISTClassifier
-from lit_nnopt.loggers import CONFIG_COPY, AutoWandbLogger, has_api_key, resolve_mode
+from lit_nnopt.app.loggers import CONFIG_COPY, AutoWandbLogger, has_api_key, resolve_mode
 from tests.conftest import CONFIGS, REPO, run_cli
 from tests.test_plots import png_size
 from tests.test_sweep import resolved_config
@@ -193,7 +193,7 @@ def test_watch_is_called_once_with_the_configured_arguments(monkeypatch, tmp_pat
 def test_watch_is_off_by_default_and_settable_from_the_command_line():
     config = resolved_config(["fit", "--config", str(CONFIGS / "adam.yaml"), "--trainer.logger.watch", "gradients"])
     logger = config["trainer"]["logger"]
-    assert logger["class_path"] in ("lit_nnopt.AutoWandbLogger", "lit_nnopt.loggers.AutoWandbLogger")
+    assert logger["class_path"] in ("lit_nnopt.app.AutoWandbLogger", "lit_nnopt.app.loggers.AutoWandbLogger")
     assert logger["init_args"]["watch"] == "gradients"
     assert AutoWandbLogger().watch_log is None
 
@@ -213,9 +213,18 @@ def test_disabled_mode_writes_no_wandb_files(monkeypatch, tmp_path):
 
 def _short_run(command: str, mnist_dir: Path, root: Path, home: Path, *extra: str):
     return run_cli(
-        command, "--config", str(CONFIGS / "adam.yaml"), "--data.data_dir", str(mnist_dir),
-        "--trainer.default_root_dir", str(root), "--trainer.logger.save_dir", str(root), *extra,
-        env={"HOME": str(home)}, timeout=240,
+        command,
+        "--config",
+        str(CONFIGS / "adam.yaml"),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.save_dir",
+        str(root),
+        *extra,
+        env={"HOME": str(home)},
+        timeout=240,
     )
 
 
@@ -232,8 +241,16 @@ def offline_fit(mnist_dir, tmp_path_factory):
         for name in _W_AND_B_ENV:
             patch.delenv(name, raising=False)
         result = _short_run(
-            "fit", mnist_dir, root, home,
-            "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "10", "--trainer.limit_val_batches", "3",
+            "fit",
+            mnist_dir,
+            root,
+            home,
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.limit_train_batches",
+            "10",
+            "--trainer.limit_val_batches",
+            "3",
         )
     assert result.returncode == 0, result.stderr[-3000:]
     return result, _only_run_folder(root)
@@ -273,8 +290,9 @@ def test_offline_run_holds_every_val_acc_and_the_resolved_config(offline_fit):
 def test_offline_test_run_logs_the_confusion_matrix_and_worst_digits(offline_fit, mnist_dir, tmp_path):
     _, fit_dir = offline_fit
     (best,) = (fit_dir / "checkpoints").glob("best-*.ckpt")
-    result = _short_run("test", mnist_dir, tmp_path / "runs", tmp_path, "--ckpt_path", str(best),
-                        "--trainer.limit_test_batches", "5")
+    result = _short_run(
+        "test", mnist_dir, tmp_path / "runs", tmp_path, "--ckpt_path", str(best), "--trainer.limit_test_batches", "5"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = _only_run_folder(tmp_path / "runs")
     assert png_size(run_dir / "confusion_matrix.png") == (750, 650)
@@ -287,14 +305,18 @@ def test_an_unreachable_server_falls_back_to_offline_without_hanging(no_credenti
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # a key, so auto means online; no server will take it
     script = (
         "import sys\n"
-        "from lit_nnopt.loggers import AutoWandbLogger\n"
+        "from lit_nnopt.app.loggers import AutoWandbLogger\n"
         "logger = AutoWandbLogger(save_dir=sys.argv[1], init_timeout=2)\n"
         "logger.experiment.log({'val_acc': 0.5})\n"
         "print(logger.mode, logger.experiment.settings.mode, logger.mode_reason, sep='|')\n"
         "logger.experiment.finish()\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], check=False, cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-c", script, str(tmp_path)],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -307,8 +329,18 @@ def test_an_unreachable_server_falls_back_to_offline_without_hanging(no_credenti
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("tensorboard"), reason="tensorboard is not installed")
 def test_one_flag_switches_to_tensorboard(mnist_dir, tmp_path):
     result = _short_run(
-        "fit", mnist_dir, tmp_path, tmp_path, "--trainer.logger", "TensorBoardLogger",
-        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "2",
+        "fit",
+        mnist_dir,
+        tmp_path,
+        tmp_path,
+        "--trainer.logger",
+        "TensorBoardLogger",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "5",
+        "--trainer.limit_val_batches",
+        "2",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (events,) = tmp_path.rglob("events.out.tfevents.*")

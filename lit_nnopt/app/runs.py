@@ -1,4 +1,4 @@
-"""Finding runs again: a run's folder, its best checkpoint, the latest run of a config.
+"""Finding runs again: a run's folder, its best checkpoint, the checkpoint to resume, the latest run of a config.
 
 A run folder holds ``config.yaml`` (the LightningCLI config of its ``fit``), ``checkpoints/``
 and ``summary.json``; with the default logger it is ``<save_dir>/<project>/<run id>``,
@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from lit_nnopt.resilience import fingerprint
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 RUN_CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
 SUMMARY = "summary.json"
 # Set by the process that names a run folder, read by the DDP ranks it starts (same folder).
 RUN_NAME_ENV = "LIT_NNOPT_RUN_NAME"
+# Config sections that decide whether a checkpoint fits a run: what it trains and on what.
+FINGERPRINT_SECTIONS = ("model", "optimizer", "lr_scheduler", "data")
+# Data options that name where the files are rather than what they are.
+_DATA_LOCATION_KEYS = ("data_dir", "download")
+_LAST_NAME = re.compile(rf"^{ModelCheckpoint.CHECKPOINT_NAME_LAST}(-v\d+)?\{ModelCheckpoint.FILE_EXTENSION}$")
 
 
 def run_folder_of(checkpoint: str | os.PathLike) -> Path | None:
@@ -105,10 +112,46 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any] | None:
-    import yaml
-
     try:
         content = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return None
     return content if isinstance(content, dict) else None
+
+
+def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a dumped CLI config that decide whether a run's checkpoint can be resumed by it."""
+    sections = {key: config.get(key) for key in FINGERPRINT_SECTIONS}
+    if isinstance(sections["data"], dict):
+        sections["data"] = {k: v for k, v in sections["data"].items() if k not in _DATA_LOCATION_KEYS}
+    return sections
+
+
+def find_resumable_checkpoint(project_dir: str | os.PathLike, config: dict[str, Any]) -> Path | None:
+    """The newest ``last*.ckpt`` among the run folders of ``project_dir`` trained with the same config.
+
+    A run folder (``<save_dir>/<project>/<run id>``) qualifies when its ``config.yaml`` has the
+    same :data:`FINGERPRINT_SECTIONS` as ``config`` (data location aside).
+    """
+    wanted = fingerprint(config)
+    candidates = []
+    for checkpoint in Path(project_dir).glob("*/checkpoints/*.ckpt"):
+        if not _LAST_NAME.match(checkpoint.name):
+            continue
+        saved = _read_yaml(checkpoint.parent.parent / "config.yaml")
+        if saved is not None and fingerprint(saved) == wanted:
+            candidates.append(checkpoint)
+    return max(candidates, key=lambda path: path.stat().st_mtime_ns, default=None)
+
+
+def resume_command(argv: list[str], ckpt_path: str = "last") -> str:
+    """``python -m lit_nnopt ARGV`` with its ``--ckpt_path`` set to ``ckpt_path``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["python", "-m", "lit_nnopt", *kept, "--ckpt_path"]) + f" {ckpt_path}"

@@ -2,7 +2,7 @@
 
 Each config is trained with ``fit`` in its own process (so one crash cannot take the others
 with it), then its best checkpoint is evaluated with ``test``. The results come from each
-run's ``summary.json`` (see ``lit_nnopt.reports.RunSummary``) and go to ``DIR/comparison.md``,
+run's ``summary.json`` (see ``lit_nnopt.app.reports.RunSummary``) and go to ``DIR/comparison.md``,
 ``DIR/comparison.json`` and ``DIR/comparison.png``; the table is also printed.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_nnopt.reports import SUMMARY_FILE
+from lit_nnopt.app.reports import SUMMARY_FILE
 
 DEFAULT_OUT = "runs/comparison"
 USAGE = f"""usage: python -m lit_nnopt compare CONFIG [CONFIG ...] [--out DIR] [OVERRIDES ...]
@@ -138,8 +138,18 @@ def run_config(name: str, config: Path, overrides: list[str], folder: Path) -> R
         return run
     started = time.time()
     code, message = _lit_nnopt(
-        ["test", "--config", str(config), *overrides, "--ckpt_path", checkpoint,
-         "--trainer.default_root_dir", str(folder / "test"), "--trainer.logger", "false"],
+        [
+            "test",
+            "--config",
+            str(config),
+            *overrides,
+            "--ckpt_path",
+            checkpoint,
+            "--trainer.default_root_dir",
+            str(folder / "test"),
+            "--trainer.logger",
+            "false",
+        ],
         folder / "test.log",
     )
     tested = _newest_summary(folder / "test", started)
@@ -228,7 +238,7 @@ def write_markdown(runs: list[Run], path: Path, command: str) -> None:
 
 def plot(runs: list[Run], path: Path) -> None:
     """Validation accuracy and loss per epoch, one line per config, side by side, one legend."""
-    from lit_nnopt.plots import new_figure, save_figure, style_epoch_axes
+    from lit_nnopt.app.plots import new_figure, save_figure, style_epoch_axes
 
     figure = new_figure(13, 4.5)
     accuracy, loss = figure.subplots(1, 2)
@@ -238,7 +248,7 @@ def plot(runs: list[Run], path: Path) -> None:
         for axes, metric in ((accuracy, "val_acc"), (loss, "val_loss")):
             points = [(row["epoch"], row[metric]) for row in run.history if row.get(metric) is not None]
             if points:
-                axes.plot(*zip(*points), marker="o", markersize=3, label=run.config, **style)
+                axes.plot(*zip(*points, strict=True), marker="o", markersize=3, label=run.config, **style)
     style_epoch_axes(accuracy, "validation accuracy")
     style_epoch_axes(loss, "validation loss")
     handles, labels = accuracy.get_legend_handles_labels()
@@ -280,7 +290,7 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, highlight=False)
     runs: list[Run] = []
-    for index, (name, config) in enumerate(zip(run_names(configs), configs), start=1):
+    for index, (name, config) in enumerate(zip(run_names(configs), configs, strict=True), start=1):
         prefix = f"[{index}/{len(configs)}] {name}:"
         console.print(f"{prefix} training {config} (log: {out / name / 'fit.log'})", markup=False)
         started = time.perf_counter()

@@ -1,6 +1,6 @@
 """Per-epoch speed of lit_nnopt against a hand-written PyTorch loop and the usual Lightning recipe.
 
-    python -m lit_nnopt.bench --data-dir ../shared/data [--epochs 4] [--repeats 3]
+    python -m lit_nnopt.app.bench --data-dir ../shared/data [--epochs 4] [--repeats 3]
 
 All train the tutorial's MLP (784-128-10, dropout 0.2, Adam, batch 64) on the same 48,000 /
 12,000 split of the real MNIST and validate after every epoch: the hand-written reference,
@@ -85,8 +85,8 @@ def run_lit_nnopt(data_dir: str, epochs: int, *overrides: str) -> list[float]:
     """``python -m lit_nnopt fit --config configs/adam.yaml`` with its defaults: progress bar, checkpoints, logging."""
     import lightning.pytorch as pl
 
-    from lit_nnopt.cli import LitNNOptCLI
-    from lit_nnopt.reports import RunSummary
+    from lit_nnopt.app.cli import LitNNOptCLI
+    from lit_nnopt.app.reports import RunSummary
 
     class FirstStepClock(pl.Callback):
         at = 0.0
@@ -98,9 +98,16 @@ def run_lit_nnopt(data_dir: str, epochs: int, *overrides: str) -> list[float]:
     with tempfile.TemporaryDirectory() as root:
         cli = LitNNOptCLI(
             args=[
-                "fit", "--config", str(Path(__file__).parents[1] / "configs" / "adam.yaml"),
-                "--data.data_dir", data_dir, "--trainer.max_epochs", str(epochs),
-                "--trainer.default_root_dir", root, *overrides,
+                "fit",
+                "--config",
+                str(Path(__file__).parents[1] / "configs" / "adam.yaml"),
+                "--data.data_dir",
+                data_dir,
+                "--trainer.max_epochs",
+                str(epochs),
+                "--trainer.default_root_dir",
+                root,
+                *overrides,
             ],
             trainer_defaults={"callbacks": [clock]},
         )
@@ -116,7 +123,7 @@ def run_lit_nnopt_1_step(data_dir: str, epochs: int) -> list[float]:
 
 
 def run_usual(data_dir: str, epochs: int) -> list[float]:
-    """The usual recipe: torchvision ``MNIST`` with ``ToTensor`` and ``Normalize``, a ``DataLoader``, a default Trainer."""
+    """The usual recipe: torchvision ``MNIST``, ``ToTensor`` and ``Normalize``, a ``DataLoader``, a default Trainer."""
     import lightning.pytorch as pl
     import torch
     from torch.nn import functional as F
@@ -169,7 +176,17 @@ def run_usual(data_dir: str, epochs: int) -> list[float]:
 
 
 def _run_in_subprocess(runner: str, data_dir: str, epochs: int) -> dict:
-    command = [sys.executable, "-m", "lit_nnopt.bench", "--data-dir", data_dir, "--epochs", str(epochs), "--only", runner]
+    command = [
+        sys.executable,
+        "-m",
+        "lit_nnopt.app.bench",
+        "--data-dir",
+        data_dir,
+        "--epochs",
+        str(epochs),
+        "--only",
+        runner,
+    ]
     launched_at = time.time()
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -245,8 +262,10 @@ def main(argv: list[str] | None = None) -> None:
         peak = max(report["peak_rss_mb"] for report in reports[runner])
         table.add_row(
             LABELS[runner],
-            f"{in_fit[runner]:.3f}", f"{in_fit[runner] / in_fit['reference']:.2f}",
-            f"{whole[runner]:.3f}", f"{whole[runner] / whole['reference']:.2f}",
+            f"{in_fit[runner]:.3f}",
+            f"{in_fit[runner] / in_fit['reference']:.2f}",
+            f"{whole[runner]:.3f}",
+            f"{whole[runner] / whole['reference']:.2f}",
             f"{peak:.0f}",
         )
     console = Console()

@@ -1,4 +1,4 @@
-"""Fewer torch threads when the machine is busy: oversubscribed threads spin instead of computing.
+"""The process's environment for training: fewer torch threads on a busy machine, no NVML probe without a GPU.
 
 On two CPU cores shared with another job, an epoch of adam.yaml took 26 s with torch's two
 default threads and 1.5 s with one. The CLI asks :func:`fit_threads_to_free_cpus` to lower
@@ -69,3 +69,18 @@ def fit_threads_to_free_cpus(
         f"{cpus} CPUs, load {load:.1f}. Set {AUTO_THREADS_ENV}=0 or OMP_NUM_THREADS to choose yourself.\n"
     )
     return wanted
+
+
+NVML_CHECK_ENV = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def skip_nvml_probe_without_gpu() -> None:
+    """Turn off torch's NVML-based CUDA check (which Lightning turns on) where there is no GPU.
+
+    Every optimizer step asks whether CUDA is available. With the NVML check on and no GPU
+    present, torch answers by loading the NVML library again each time: 30 us per step on a
+    CPU-only machine, where the check it exists for (not initializing CUDA before a fork)
+    protects nothing.
+    """
+    if os.environ.get(NVML_CHECK_ENV) == "1" and torch.cuda.device_count() == 0:
+        os.environ[NVML_CHECK_ENV] = "0"

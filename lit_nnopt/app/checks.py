@@ -1,41 +1,18 @@
-"""Nothing lost: stop cleanly on SIGTERM or Ctrl-C, write checkpoints atomically, refuse bad input early.
-
-- :class:`~lit_nnopt.callbacks.InterruptCheckpoint` (in ``lit_nnopt.callbacks``, a default
-  callback of ``python -m lit_nnopt``) stops cleanly on SIGTERM or Ctrl-C; :func:`resume_command`
-  is the command it prints.
-- :class:`AtomicCheckpointIO`: writes a checkpoint to a temporary file in the same folder and
-  renames it over the target, so a save cut short leaves the previous file intact; loads with
-  ``weights_only=True`` unless told otherwise.
-- ``check_*`` and :func:`find_resumable_checkpoint`: what the CLI checks before it trains.
-"""
+"""What the CLI checks before it trains or writes: config files, output folders, checkpoints."""
 
 from __future__ import annotations
 
-import errno
 import inspect
 import json
 import os
 import pickle
-import re
-import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning.pytorch.callbacks import ModelCheckpoint
 
-# Its old home: configs naming `lit_nnopt.resilience.InterruptCheckpoint` still load.
-from lit_nnopt.callbacks.interrupt_checkpoint import InterruptCheckpoint  # noqa: F401
-
-# Config sections that decide whether a checkpoint fits a run: what it trains and on what.
-FINGERPRINT_SECTIONS = ("model", "optimizer", "lr_scheduler", "data")
-# Data options that name where the files are rather than what they are.
-_DATA_LOCATION_KEYS = ("data_dir", "download")
-_LAST_NAME = re.compile(rf"^{ModelCheckpoint.CHECKPOINT_NAME_LAST}(-v\d+)?\{ModelCheckpoint.FILE_EXTENSION}$")
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
@@ -50,113 +27,6 @@ class OutputDirError(ValueError):
 
 class ConfigFileError(ValueError):
     """A ``--config`` file is not a YAML mapping."""
-
-
-def resume_command(argv: list[str], ckpt_path: str = "last") -> str:
-    """``python -m lit_nnopt ARGV`` with its ``--ckpt_path`` set to ``ckpt_path``."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--ckpt_path":
-            skip = True
-        elif not arg.startswith("--ckpt_path="):
-            kept.append(arg)
-    return shlex.join(["python", "-m", "lit_nnopt", *kept, "--ckpt_path"]) + f" {ckpt_path}"
-
-
-# -- atomic checkpoints ------------------------------------------------------------------
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes checkpoints atomically and loads them with ``weights_only=True``.
-
-    A save goes to a hidden temporary file beside the target (``.last.ckpt.<pid>.tmp``), is
-    flushed to disk, and is renamed over the target: a save cut short by a crash, a kill or a
-    full disk leaves the previous checkpoint as it was. (Lightning's own save stages the file
-    in the system's temporary folder, and moving it from there is a copy, not a rename, when
-    that folder is on another file system.) After a hard kill the temporary file may remain;
-    it never has the target's name. Remote paths (``s3://`` ...) are saved as Lightning does.
-
-    Loading uses ``weights_only=True`` unless ``--weights_only false`` asks otherwise: a
-    checkpoint then holds only tensors and plain values and cannot run code when loaded.
-
-    Example::
-
-        trainer = Trainer(plugins=[AtomicCheckpointIO()])
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, target)
-        except BaseException as error:
-            tmp.unlink(missing_ok=True)
-            reason = _save_failure(error)
-            if reason is None:
-                raise
-            raise CheckpointSaveError(_save_failure_message(target, reason)) from error
-        _fsync_folder(target.parent)
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        kwargs = {"map_location": map_location} if map_location is not None else {}
-        return super().load_checkpoint(path, weights_only=True if weights_only is None else weights_only, **kwargs)
-
-
-class CheckpointSaveError(OSError):
-    """A checkpoint could not be written (disk full, no permission...); the previous file is intact."""
-
-
-def _save_failure(error: BaseException) -> str | None:
-    """Why a save failed, in words, for the OS errors a user can fix; None for anything else.
-
-    ``torch.save`` reports a full disk from its C++ zip writer as a RuntimeError such as
-    "[enforce fail at inline_container.cc:672] . unexpected pos 426880 vs 426772".
-    """
-    if isinstance(error, OSError):
-        if error.errno == errno.ENOSPC:
-            return "the disk is full"
-        if error.errno == errno.EDQUOT:
-            return "the disk quota is exceeded"
-        return error.strerror or str(error)
-    if isinstance(error, RuntimeError) and re.search(r"inline_container|unexpected pos|file write failed", str(error)):
-        return "the write failed, most likely because the disk is full"
-    return None
-
-
-def _save_failure_message(target: Path, reason: str) -> str:
-    kept = f"the previous {target.name} is intact" if target.exists() else f"no {target.name} was written"
-    return (
-        f"Could not save the checkpoint {target}: {reason}. Nothing was half-written: {kept}. "
-        f"Free space in {target.parent} (or point `--checkpoint.dirpath` elsewhere) and resume with `--ckpt_path last`."
-    )
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The rename lives in the folder's entry table; without this a power cut may undo it.
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # Windows cannot open a folder; its rename is durable enough
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-# -- checks before training --------------------------------------------------------------
 
 
 def load_checkpoint_to_check(path: str, weights_only: bool | None = None) -> dict[str, Any] | None:
@@ -368,39 +238,3 @@ def config_files(argv: list[str]) -> list[str]:
     values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
     values += [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
     return [value for value in values if Path(value).is_file()]
-
-
-# -- `--ckpt_path last` ------------------------------------------------------------------
-
-
-def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a dumped CLI config that decide whether a run's checkpoint can be resumed by it."""
-    sections = {key: config.get(key) for key in FINGERPRINT_SECTIONS}
-    if isinstance(sections["data"], dict):
-        sections["data"] = {k: v for k, v in sections["data"].items() if k not in _DATA_LOCATION_KEYS}
-    return sections
-
-
-def find_resumable_checkpoint(project_dir: str | os.PathLike, config: dict[str, Any]) -> Path | None:
-    """The newest ``last*.ckpt`` among the run folders of ``project_dir`` trained with the same config.
-
-    A run folder (``<save_dir>/<project>/<run id>``) qualifies when its ``config.yaml`` has the
-    same :data:`FINGERPRINT_SECTIONS` as ``config`` (data location aside).
-    """
-    wanted = fingerprint(config)
-    candidates = []
-    for checkpoint in Path(project_dir).glob("*/checkpoints/*.ckpt"):
-        if not _LAST_NAME.match(checkpoint.name):
-            continue
-        saved = _read_yaml(checkpoint.parent.parent / "config.yaml")
-        if saved is not None and fingerprint(saved) == wanted:
-            candidates.append(checkpoint)
-    return max(candidates, key=lambda path: path.stat().st_mtime_ns, default=None)
-
-
-def _read_yaml(path: Path) -> dict[str, Any] | None:
-    try:
-        content = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return content if isinstance(content, dict) else None

@@ -1,4 +1,4 @@
-"""The command line: LightningCLI with lit_nnopt's defaults, plus ``compare`` and ``new``.
+"""LitNNOptCLI: LightningCLI for MNISTClassifier and MNISTDataModule with lit_nnopt's defaults.
 
 ``python -m lit_nnopt fit --config configs/adam.yaml`` goes YAML -> LightningCLI ->
 MNISTDataModule / MNISTClassifier / callbacks -> Trainer. Everything a config can set is
@@ -10,12 +10,10 @@ from __future__ import annotations
 import importlib
 import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import (
@@ -27,39 +25,34 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_nnopt.callbacks import InterruptCheckpoint
-from lit_nnopt.console import ConciseArgumentParser, quiet_known_noise
-from lit_nnopt.data import MNISTDataModule
-from lit_nnopt.model import MNISTClassifier
-from lit_nnopt.plots import RunPictures
-from lit_nnopt.predictions import PredictionWriter
-from lit_nnopt.progress import CheapRichProgressBar
-from lit_nnopt.reports import RunSummary
-from lit_nnopt.resilience import (
-    AtomicCheckpointIO,
+from lit_nnopt.app.checks import (
     CheckpointError,
-    ConfigFileError,
     check_checkpoint,
-    check_config_file,
     check_hyperparameters,
     check_writable,
     config_files,
     describe_model_override,
-    find_resumable_checkpoint,
     load_checkpoint_to_check,
-    resume_command,
 )
-from lit_nnopt.runs import latest_best_checkpoint, new_run_name, run_folder_of
-from lit_nnopt.threads import fit_threads_to_free_cpus
-
-DEBUG_ENV = "LIT_NNOPT_DEBUG"
-NVML_CHECK_ENV = "PYTORCH_NVML_BASED_CUDA_CHECK"
-EXTRA_COMMANDS = {
-    "compare": "Train several configs and compare them in a table and a plot.",
-    "new": "Start a new Lightning project from lit_nnopt's cookiecutter template.",
-}
+from lit_nnopt.app.console import ConciseArgumentParser, quiet_known_noise
+from lit_nnopt.app.environment import fit_threads_to_free_cpus, skip_nvml_probe_without_gpu
+from lit_nnopt.app.main import EXTRA_COMMANDS
+from lit_nnopt.app.plots import RunPictures
+from lit_nnopt.app.predictions import PredictionWriter
+from lit_nnopt.app.progress import CheapRichProgressBar
+from lit_nnopt.app.reports import RunSummary
+from lit_nnopt.app.runs import (
+    find_resumable_checkpoint,
+    latest_best_checkpoint,
+    new_run_name,
+    resume_command,
+    run_folder_of,
+)
+from lit_nnopt.callbacks import InterruptCheckpoint
+from lit_nnopt.checkpoint_io import AtomicCheckpointIO
+from lit_nnopt.data import MNISTDataModule
+from lit_nnopt.model import MNISTClassifier
 
 
 def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
@@ -104,13 +97,13 @@ class LitNNOptCLI(LightningCLI):
     """
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
-        _skip_nvml_probe_without_gpu()
+        skip_nvml_probe_without_gpu()
         quiet_known_noise()
         kwargs.setdefault("parser_class", ConciseArgumentParser)
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"].setdefault("default_root_dir", "runs")
         # W&B, online with a key and offline without; `--trainer.logger false` turns logging off.
-        kwargs["trainer_defaults"].setdefault("logger", {"class_path": "lit_nnopt.loggers.AutoWandbLogger"})
+        kwargs["trainer_defaults"].setdefault("logger", {"class_path": "lit_nnopt.app.loggers.AutoWandbLogger"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"epilog": _epilog(), "prog": "python -m lit_nnopt"})
         # The command line, to print the command that resumes an interrupted run.
@@ -281,17 +274,6 @@ class LitNNOptCLI(LightningCLI):
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
 
-def _skip_nvml_probe_without_gpu() -> None:
-    """Turn off torch's NVML-based CUDA check (which Lightning turns on) where there is no GPU.
-
-    Every optimizer step asks whether CUDA is available. With the NVML check on and no GPU
-    present, torch answers by loading the NVML library again each time: 30 us per step here,
-    where the check it exists for (not initializing CUDA before a fork) protects nothing.
-    """
-    if os.environ.get(NVML_CHECK_ENV) == "1" and torch.cuda.device_count() == 0:
-        os.environ[NVML_CHECK_ENV] = "0"
-
-
 def test_command(argv: list[str], ckpt_path: str) -> str:
     """The ``fit`` command line ``argv`` turned into the ``test`` of ``ckpt_path``."""
     subcommand = next((i for i, arg in enumerate(argv) if arg == "fit"), None)
@@ -313,16 +295,6 @@ def _runs_root(config: Any) -> Path | None:
     if init_args.get("id") or os.environ.get("WANDB_RUN_ID"):
         return None
     return Path(init_args.get("save_dir") or "runs") / (init_args.get("project") or "lit_nnopt")
-
-
-def _close_process_group() -> None:
-    """Destroy the DDP process group before exiting; Lightning leaves it open.
-
-    Left open, its threads can outlive the interpreter's shutdown and abort the process
-    ("terminate called without an active exception"), which fails the whole DDP run.
-    """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def _init_arg(namespace: Any, key: str) -> Any:
@@ -367,7 +339,7 @@ def _check_output_dirs(config: Any) -> None:
 
 
 def _is_auto_wandb(logger: Any) -> bool:
-    from lit_nnopt.loggers import AutoWandbLogger
+    from lit_nnopt.app.loggers import AutoWandbLogger
 
     class_path = logger.get("class_path") if hasattr(logger, "get") else None
     if not isinstance(class_path, str) or "." not in class_path:
@@ -392,38 +364,3 @@ def _epilog() -> str:
 
 class ConfigError(ValueError):
     """A configuration value is out of range; raised before anything is trained or written."""
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m lit_nnopt`` and ``lit-nnopt``; ``argv`` defaults to ``sys.argv[1:]``."""
-    command_line = list(sys.argv[1:] if argv is None else argv)
-    command = command_line[0] if command_line else None
-    try:
-        for path in config_files(command_line):
-            check_config_file(path)
-        if command == "compare":
-            from lit_nnopt.compare import main as compare_main
-
-            compare_main(command_line[1:])
-        elif command == "new":
-            from lit_nnopt.new_project import main as new_main
-
-            new_main(command_line[1:])
-        else:
-            LitNNOptCLI(args=argv)  # None: LightningCLI reads sys.argv itself
-            _close_process_group()
-    except KeyboardInterrupt:
-        sys.stderr.write("lit_nnopt: interrupted.\n")
-        sys.exit(130)
-    except SIGTERMException as stop:  # a SystemExit without a code (status 0) unless InterruptCheckpoint set one
-        sys.exit(stop.code or 128 + signal.SIGTERM)
-    except ConfigFileError as error:  # exit status 2, as for the other problems LightningCLI's parser finds
-        if os.environ.get(DEBUG_ENV):
-            raise
-        sys.stderr.write(f"lit_nnopt: error: {error}\n")
-        sys.exit(2)
-    except Exception as error:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        sys.stderr.write(f"lit_nnopt: error: {error}\n(Set {DEBUG_ENV}=1 to see the traceback.)\n")
-        sys.exit(1)

@@ -24,13 +24,22 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch.nn import functional as F
 
-from lit_nnopt.reports import RunSummary
+from lit_nnopt.app.reports import RunSummary
 
 LEARNING_CURVES_FILE = "learning_curves.png"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 WORST_EXAMPLES_FILE = "worst_test_images.png"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _LR_SUFFIXES = ("-momentum", "-weight_decay")
 
@@ -271,7 +280,11 @@ class _WorstExamples:
     def update(self, images: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor) -> None:
         label_probability = probabilities.gather(1, labels[:, None]).squeeze(1)
         batch = (label_probability, images, labels, probabilities.argmax(dim=1))
-        merged = tuple(torch.cat([kept, new]) for kept, new in zip(self.tensors, batch)) if self.tensors else batch
+        merged = (
+            tuple(torch.cat([kept, new]) for kept, new in zip(self.tensors, batch, strict=True))
+            if self.tensors
+            else batch
+        )
         keep = merged[0].argsort()[: self.count]
         self.tensors = tuple(tensor[keep] for tensor in merged)
 
@@ -310,7 +323,7 @@ class RunPictures(pl.Callback):
 
         trainer:
           callbacks:
-            - class_path: lit_nnopt.plots.RunPictures
+            - class_path: lit_nnopt.app.plots.RunPictures
               init_args: {worst_count: 36}
     """
 
@@ -342,7 +355,7 @@ class RunPictures(pl.Callback):
         if stage == "fit" and self.learning_curves and _run_summary(trainer) is None:
             raise RuntimeError(
                 "RunPictures draws the learning curves from the history the RunSummary callback records, and "
-                "the trainer has none. Add `lit_nnopt.reports.RunSummary` to `trainer.callbacks`, or pass "
+                "the trainer has none. Add `lit_nnopt.app.reports.RunSummary` to `trainer.callbacks`, or pass "
                 "`learning_curves=False`."
             )
 
@@ -418,7 +431,6 @@ class RunPictures(pl.Callback):
             logged["worst"] = (path, images, labels, predictions, probability)
         _log_to_wandb(trainer, lambda wandb: _wandb_test_media(wandb, matrix, logged))
 
-
     def _title(self, log_dir: Path, pl_module: pl.LightningModule) -> str:
         parts = [f"run {log_dir.name}" if log_dir.name else str(log_dir), self.config_name, _describe_model(pl_module)]
         return " · ".join(part for part in parts if part)
@@ -428,7 +440,9 @@ def _describe_model(pl_module: pl.LightningModule) -> str:
     """``MLP, Adam lr=0.002`` from the module's hyperparameters (class paths and their arguments)."""
     hparams = dict(getattr(pl_module, "hparams", {}) or {})
     net = getattr(pl_module, "net", None)
-    parts = [type(net).__name__] if isinstance(net, torch.nn.Module) and not isinstance(hparams.get("net"), dict) else []
+    parts = (
+        [type(net).__name__] if isinstance(net, torch.nn.Module) and not isinstance(hparams.get("net"), dict) else []
+    )
     for key in ("net", "optimizer"):
         value = hparams.get(key)
         if isinstance(value, dict) and isinstance(value.get("class_path"), str):
@@ -457,7 +471,7 @@ def _wandb_test_media(wandb: Any, matrix: torch.Tensor, logged: dict[str, Any]) 
         path, images, labels, predictions, probability = logged["worst"]
         rows = [
             [wandb.Image(_to_uint8(image)), int(label), int(prediction), float(p)]
-            for image, label, prediction, p in zip(images, labels, predictions, probability)
+            for image, label, prediction, p in zip(images, labels, predictions, probability, strict=True)
         ]
         media["test_worst_digits"] = wandb.Table(columns=["image", "label", "prediction", "p_label"], data=rows)
         media["test_worst_digits_grid"] = wandb.Image(str(path))

@@ -1,8 +1,8 @@
 """``python -m lit_nnopt new``: start a Lightning project from lit_nnopt's cookiecutter template.
 
-The template is ``lit_nnopt/project_template`` (shipped with the package); the same folder
+The template is ``lit_nnopt/app/project_template`` (shipped with the package); the same folder
 works with cookiecutter itself: ``cookiecutter <lit_nnopt repository> --directory
-lit_nnopt/project_template``. Answers given as ``key=value`` are checked here against
+lit_nnopt/app/project_template``. Answers given as ``key=value`` are checked here against
 ``cookiecutter.json``; the slug is checked by the template's pre-generation hook, so both
 ways of generating refuse the same names.
 """

@@ -1,0 +1,101 @@
+"""``python -m lit_nnopt`` and ``lit-nnopt``: LightningCLI's subcommands plus ``compare``, ``new`` and ``bench``.
+
+Every command reports bad input as one paragraph on stderr (``LIT_NNOPT_DEBUG=1`` shows the
+traceback instead) and exits non-zero: 1 for a problem found while running, 2 for a command
+line or config file that cannot be parsed, 130 after Ctrl-C and 143 after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sys
+
+DEBUG_ENV = "LIT_NNOPT_DEBUG"
+EXTRA_COMMANDS = {
+    "compare": "Train several configs and compare them in a table and a plot.",
+    "new": "Start a new Lightning project from lit_nnopt's cookiecutter template.",
+    "bench": "Time lit_nnopt against a hand-written training loop.",
+}
+# Import names of the `cli` extra: the library needs none of them.
+APPLICATION_MODULES = {
+    "jsonargparse": "jsonargparse[signatures]",
+    "docstring_parser": "jsonargparse[signatures]",
+    "rich": "rich",
+    "wandb": "wandb",
+    "matplotlib": "matplotlib",
+    "cookiecutter": "cookiecutter",
+}
+
+
+def missing_application_packages() -> list[str]:
+    """The packages of the ``cli`` extra that are not installed."""
+    missing = {package for module, package in APPLICATION_MODULES.items() if importlib.util.find_spec(module) is None}
+    return sorted(missing)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point; ``argv`` defaults to ``sys.argv[1:]``."""
+    command_line = list(sys.argv[1:] if argv is None else argv)
+    command = command_line[0] if command_line else None
+    missing = missing_application_packages()
+    if missing:
+        sys.stderr.write(
+            f"lit_nnopt: error: the lit_nnopt command needs the application's packages, and {', '.join(missing)} "
+            '{} not installed. Install them with `pip install "lit_nnopt[cli]"` (from a clone: '
+            '`pip install -e ".[cli]"`). The library alone (`import lit_nnopt`, `lit_nnopt.callbacks`) '
+            "works without them.\n".format("is" if len(missing) == 1 else "are")
+        )
+        sys.exit(1)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lit_nnopt.app.checks import ConfigFileError, check_config_file, config_files
+
+    try:
+        for path in config_files(command_line):
+            check_config_file(path)
+        if command == "compare":
+            from lit_nnopt.app.compare import main as compare_main
+
+            compare_main(command_line[1:])
+        elif command == "new":
+            from lit_nnopt.app.new_project import main as new_main
+
+            new_main(command_line[1:])
+        elif command == "bench":
+            from lit_nnopt.app.bench import main as bench_main
+
+            bench_main(command_line[1:])
+        else:
+            from lit_nnopt.app.cli import LitNNOptCLI
+
+            LitNNOptCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+            _close_process_group()
+    except KeyboardInterrupt:
+        sys.stderr.write("lit_nnopt: interrupted.\n")
+        sys.exit(130)
+    except SIGTERMException as stop:  # a SystemExit without a code (status 0) unless InterruptCheckpoint set one
+        sys.exit(stop.code or 128 + signal.SIGTERM)
+    except ConfigFileError as error:  # exit status 2, as for the other problems LightningCLI's parser finds
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"lit_nnopt: error: {error}\n")
+        sys.exit(2)
+    except Exception as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        sys.stderr.write(f"lit_nnopt: error: {error}\n(Set {DEBUG_ENV}=1 to see the traceback.)\n")
+        sys.exit(1)
+
+
+def _close_process_group() -> None:
+    """Destroy the DDP process group before exiting; Lightning leaves it open.
+
+    Left open, its threads can outlive the interpreter's shutdown and abort the process
+    ("terminate called without an active exception"), which fails the whole DDP run.
+    """
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
