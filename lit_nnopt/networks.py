@@ -47,7 +47,10 @@ class MLP(nn.Module):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"`activation` can be {', '.join(_ACTIVATIONS)}, got {activation!r}.")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must lie in [0, 1), got {dropout}.")
+            raise ValueError(
+                f"`dropout` must lie in [0, 1), got {dropout}: it is the fraction of units dropped in training, "
+                "and 0 turns dropout off."
+            )
         if init not in ("pytorch", "keras"):
             raise ValueError(f"`init` can be pytorch, keras, got {init!r}.")
         if l2 < 0:
@@ -111,7 +114,10 @@ class CNN(nn.Module):
         if len(channels) != 2:
             raise ValueError(f"`channels` needs two values (one per block), got {channels}.")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must lie in [0, 1), got {dropout}.")
+            raise ValueError(
+                f"`dropout` must lie in [0, 1), got {dropout}: it is the fraction of units dropped in training, "
+                "and 0 turns dropout off."
+            )
         self.init_args = {"channels": list(channels), "hidden": hidden, "dropout": dropout, "num_classes": num_classes}
         blocks: list[nn.Module] = []
         width = 1

@@ -20,7 +20,7 @@ from lit_nnopt.app.cli import ConfigError
 from lit_nnopt.app.main import DEBUG_ENV, main
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.networks import MLP
-from tests.conftest import CONFIGS, REPO, link_mnist
+from tests.helpers import CONFIGS, REPO, link_mnist
 
 ADAM = str(CONFIGS / "adam.yaml")
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root ignores file permissions
@@ -70,7 +70,7 @@ def test_negative_patience_of_a_callback(capfd, tmp_path):
     code, stderr = _fit(capfd, tmp_path, "--trainer.callbacks.init_args.patience", "-1")
     assert code == 1
     assert (
-        "`trainer.callbacks[0].init_args.patience` of lit_nnopt.callbacks.EarlyStopping must be >= 0, got -1" in stderr
+        "`trainer.callbacks[1].init_args.patience` of lit_nnopt.callbacks.EarlyStopping must be >= 0, got -1" in stderr
     )
 
 
@@ -328,6 +328,7 @@ def test_the_debug_flag_shows_the_traceback(monkeypatch, tmp_path):
         )
 
 
+@pytest.mark.slow  # the command line in a subprocess
 def test_the_exit_status_reaches_the_shell(tmp_path):
     result = subprocess.run(
         [

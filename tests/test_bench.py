@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from lit_nnopt.app.bench import whole_process_seconds_per_epoch
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_whole_process_figure_is_the_cost_of_each_epoch_after_the_first():

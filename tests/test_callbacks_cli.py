@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import run_cli
+import pytest
+
+from tests.helpers import run_cli
+
+# The command line in a subprocess.
+pytestmark = pytest.mark.slow
 
 # The README's YAML example.
 CONFIG = """\

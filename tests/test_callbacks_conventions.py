@@ -16,7 +16,7 @@ from torch import nn
 
 import lit_nnopt.callbacks as callbacks
 from lit_nnopt.callbacks import EarlyStopping, ReduceLROnPlateau
-from tests.test_callbacks_support import ScriptedTrainer, capture_logs
+from tests.helpers.callbacks import ScriptedTrainer, capture_logs
 
 OURS = [
     getattr(callbacks, name)

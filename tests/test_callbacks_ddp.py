@@ -11,7 +11,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_nnopt.callbacks import EarlyStopping, GradientClipping, NaNGuard, ReduceLROnPlateau
-from tests.test_callbacks_support import ScriptedMetricModel, quiet_trainer
+from tests.helpers.callbacks import ScriptedMetricModel, quiet_trainer
+
+# Two DDP processes on the CPU.
+pytestmark = pytest.mark.slow
 
 # The mean over the two ranks is SCRIPT; rank 0 sees SCRIPT - OFFSETS, rank 1 SCRIPT + OFFSETS:
 #   rank 0: 1.0, 0.25, 0.75, 0.25, 0.75, 0.25    alone: best at epoch 1, plateau at 3, stop at 4

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_nnopt.callbacks import EarlyStopping
-from tests.test_callbacks_support import ScriptedTrainer, capture_logs, run_checks
+from tests.helpers.callbacks import ScriptedTrainer, capture_logs, run_checks
 
 
 def stopper(**kwargs) -> EarlyStopping:

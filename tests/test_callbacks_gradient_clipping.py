@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_nnopt.callbacks import GradientClipping, GradientNormMonitor
-from tests.test_callbacks_support import ScriptedTrainer, quiet_trainer
+from tests.helpers.callbacks import ScriptedTrainer, quiet_trainer
 
 
 class Net(nn.Module):

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lit_nnopt import MNISTClassifier
 from lit_nnopt.app.reports import stop_reason
 from lit_nnopt.callbacks import EarlyStopping, GradientClipping, GradientNormMonitor, NaNGuard, ReduceLROnPlateau
-from tests.test_callbacks_support import ScriptedMetricModel, capture_logs, quiet_trainer
+from tests.helpers.callbacks import ScriptedMetricModel, capture_logs, quiet_trainer
 
 
 class WeightsAtValidation(Callback):

@@ -11,7 +11,7 @@ from torch import nn
 
 from lit_nnopt.callbacks import EarlyStopping, ReduceLROnPlateau
 from lit_nnopt.callbacks.monitor import MonitorMixin, resolve_mode, same_on_all_ranks
-from tests.test_callbacks_support import ScriptedTrainer
+from tests.helpers.callbacks import ScriptedTrainer
 
 
 def improvements(callback, values: list[torch.Tensor], monitor: str) -> list[bool]:

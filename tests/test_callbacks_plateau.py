@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_nnopt.callbacks import ReduceLROnPlateau
-from tests.test_callbacks_support import ScriptedTrainer, capture_logs
+from tests.helpers.callbacks import ScriptedTrainer, capture_logs
 
 
 def sgd(*lrs: float) -> torch.optim.SGD:

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CONFIGS, REPO, link_mnist, run_cli
+from tests.helpers import CONFIGS, REPO, link_mnist, run_cli
+
+# Every test here runs the command line in a subprocess, as a user would.
+pytestmark = pytest.mark.slow
 
 
 def _summary(root: Path) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lit_nnopt.app.compare import DEFAULT_OUT, Run, parse_args, plot, run_names, write_markdown
-from tests.conftest import CONFIGS, run_cli
+from tests.helpers import CONFIGS, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -90,6 +90,7 @@ def test_plot_draws_each_run_with_a_history(tmp_path: Path) -> None:
     assert path.read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.slow  # three command-line runs
 def test_compare_two_configs_and_a_broken_one(mnist_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("# Not a valid config: the model has no such argument.\nmodel:\n  no_such_argument: 1\n")

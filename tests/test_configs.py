@@ -9,16 +9,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import CONFIGS, run_cli
+from tests.helpers import ALL_CONFIGS, CONFIGS, run_cli
 
-
-def _is_wandb_sweep(path: Path) -> bool:
-    """A W&B sweep spec (``wandb sweep configs/sweep.yaml``) lives in configs/ but is not a `fit` config."""
-    spec = yaml.safe_load(path.read_text())
-    return isinstance(spec, dict) and {"method", "parameters", "command"} <= spec.keys()
-
-
-ALL_CONFIGS = [path for path in sorted(CONFIGS.glob("*.yaml")) if not _is_wandb_sweep(path)]
 # One thread: on a small shared CPU, torch's thread pool spends more time waiting than computing.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -38,6 +30,7 @@ def _on_this_machine(config: Path) -> list[str]:
     return []
 
 
+@pytest.mark.slow  # the command line in a subprocess, once per config
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda path: path.stem)
 def test_config_runs_one_batch(config: Path, mnist_dir: Path, tmp_path: Path) -> None:
     result = run_cli(

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFIGS, run_cli
+from tests.helpers import CONFIGS, run_cli
+
+# Two DDP processes on the CPU.
+pytestmark = pytest.mark.slow
 
 DDP_CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
@@ -21,7 +24,7 @@ def _fit(mnist_dir: Path, root: Path, *extra: str):
         str(root / "runs"),
         "--trainer.logger",
         "false",
-        "--trainer.callbacks+=tests.helpers.DumpRankState",
+        "--trainer.callbacks+=tests.helpers.cli_callbacks.DumpRankState",
         "--trainer.callbacks.out_dir",
         str(root / "ranks"),
         *extra,

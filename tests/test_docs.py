@@ -27,8 +27,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.test_configs import ALL_CONFIGS
+from tests.helpers import ALL_CONFIGS, REPO
 
 DOCS = REPO / "docs"
 REFERENCE = DOCS / "reference"

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import instantiate_class
 from lit_nnopt.app.cli import LitNNOptCLI
 from lit_nnopt.networks import MLP
 from lit_nnopt.optim import ExponentialDecay, KerasSGD, WarmupCosineDecay
-from tests.conftest import CONFIGS
+from tests.helpers import CONFIGS
 
 
 def _optimizer(*lrs: float, momentum: float = 0.0) -> torch.optim.SGD:

@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from lit_nnopt.app.new_project import main as new_main
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PACKAGE = REPO / "lit_nnopt"
 # Import names whose distribution is named otherwise.

@@ -1,8 +1,5 @@
 """The pictures: learning curves, confusion matrix, worst-classified digits, and the callback that draws them."""
 
-import struct
-from pathlib import Path
-
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -22,15 +19,7 @@ from lit_nnopt.app.plots import (
     plot_worst_examples,
 )
 from lit_nnopt.app.reports import RunSummary
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk; fails on anything that is not a PNG."""
-    header = path.read_bytes()[:24]
-    assert header[:8] == PNG_SIGNATURE and header[12:16] == b"IHDR", f"{path} is not a PNG"
-    return struct.unpack(">II", header[16:24])
+from tests.helpers import png_size
 
 
 def _history(epochs: int = 4) -> list[dict]:

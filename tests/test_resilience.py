@@ -29,29 +29,9 @@ from lit_nnopt.app.reports import RunSummary
 from lit_nnopt.app.runs import find_resumable_checkpoint, resume_command
 from lit_nnopt.callbacks import EarlyStopping, ExactResume, InterruptCheckpoint
 from lit_nnopt.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B key, known to no server
-
-
-class PauseForSignal(pl.Callback):
-    """Test helper: after training step ``step``, writes ``marker`` and waits until it is gone.
-
-    The test sends its signal while the run waits here, then deletes the marker: the signal
-    arrives at a known point, however slow the machine.
-    """
-
-    def __init__(self, marker: str, step: int) -> None:
-        self.marker = Path(marker)
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step != self.step:
-            return
-        self.marker.write_text("waiting")
-        deadline = time.monotonic() + 60
-        while self.marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
 
 
 # -- the resume command and `--ckpt_path last` -----------------------------------------------
@@ -161,6 +141,7 @@ def test_a_first_save_on_a_full_disk_says_no_file_was_written(tmp_path, monkeypa
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # subprocesses
 def test_a_killed_save_never_leaves_a_partial_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
     script = (
@@ -457,7 +438,7 @@ def _interrupt(process: subprocess.Popen, marker: Path, signum: int) -> tuple[in
 
 def _pause(marker: Path, step: int) -> list[str]:
     return [
-        "--trainer.callbacks+=tests.test_resilience.PauseForSignal",
+        "--trainer.callbacks+=tests.helpers.cli_callbacks.PauseForSignal",
         "--trainer.callbacks.marker",
         str(marker),
         "--trainer.callbacks.step",
@@ -554,6 +535,7 @@ def test_sigterm_with_restore_best_weights_then_ckpt_path_last_ends_bitwise_equa
         assert torch.equal(cut_weights[name], tensor), name
 
 
+@pytest.mark.slow  # subprocesses
 def test_ctrl_c_finishes_the_batch_saves_and_exits_130_then_last_continues_the_run(mnist_dir, tmp_path):
     config, marker = _config(tmp_path, mnist_dir), tmp_path / "paused"
     args = ["fit", "--config", str(config), "--trainer.default_root_dir", "runs", "--trainer.max_epochs", "1"]
@@ -600,6 +582,7 @@ class _FailingWandbServer(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow  # subprocesses
 def test_a_failing_wandb_server_does_not_stop_training(mnist_dir, tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingWandbServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()

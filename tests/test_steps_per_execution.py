@@ -27,7 +27,7 @@ from lit_nnopt.app.progress import CheapRichProgressBar
 from lit_nnopt.callbacks import GradientClipping, NaNGuard, StepsPerExecution
 from lit_nnopt.callbacks.steps_per_execution import GroupedBatches
 from lit_nnopt.data import BatchLoader
-from tests.conftest import CONFIGS, run_cli
+from tests.helpers import CONFIGS, run_cli
 
 SAMPLES, BATCH = 110, 10  # 11 batches an epoch
 K = 3  # groups of 3, 3, 3, 2

@@ -1,15 +1,9 @@
 """configs/sweep.yaml: a valid Bayesian sweep whose agent command lines parse with our CLI."""
 
-import contextlib
-import io
-import sys
-
 import pytest
-import yaml
 from wandb.sdk.launch.sweeps import utils as sweep_utils
 
-from lit_nnopt.app.cli import LitNNOptCLI
-from tests.conftest import CONFIGS, REPO
+from tests.helpers import CONFIGS, REPO, resolved_config
 
 SWEEP = CONFIGS / "sweep.yaml"
 # Where each swept value must land in the resolved config.
@@ -65,16 +59,6 @@ def test_agent_runs_lit_nnopt_fit_on_the_adam_config(spec):
     command = agent_command(spec, _corner(spec, "min"))
     assert command[:7] == ["/usr/bin/env", "python", "-m", "lit_nnopt", "fit", "--config", "configs/adam.yaml"]
     assert (REPO / command[6]).is_file()  # the agent runs from the repository root
-
-
-def resolved_config(args: list[str]) -> dict:
-    """The config ``python -m lit_nnopt ARGS --print_config`` prints, parsed in this process."""
-    printed = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as exit_:
-        patch.setattr(sys, "argv", ["lit_nnopt"])  # pytest's own arguments are not the CLI's
-        LitNNOptCLI(args=[*args, "--print_config"])
-    assert exit_.value.code in (0, None)
-    return yaml.safe_load(printed.getvalue())
 
 
 @pytest.mark.parametrize("end", ["min", "max"])

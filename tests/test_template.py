@@ -63,6 +63,7 @@ def files_of(project: Path) -> set[str]:
 # -- the generated project runs ------------------------------------------------------------
 
 
+@pytest.mark.slow  # the generated project in a subprocess
 def test_the_generated_project_passes_its_own_tests(tmp_path):
     project = generate(tmp_path, "project_slug=digits", "example=mnist", "use_wandb=yes", "github_actions=yes")
     result = run_generated(project, "-m", "pytest", "-q", "-p", "no:cacheprovider")
@@ -71,6 +72,7 @@ def test_the_generated_project_passes_its_own_tests(tmp_path):
     assert re.search(r"\b\d+ passed\b", summary) and "skipped" not in summary, summary
 
 
+@pytest.mark.slow  # the generated project in a subprocess
 @pytest.mark.parametrize("example", ["skeleton", "mnist"])
 def test_the_generated_cli_fits_with_fast_dev_run(tmp_path, request, example):
     project = generate(tmp_path, "project_slug=sketch", f"example={example}")

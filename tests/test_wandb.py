@@ -13,9 +13,7 @@ from wandb.proto import wandb_internal_pb2
 
 from lit_nnopt import MNISTClassifier
 from lit_nnopt.app.loggers import CONFIG_COPY, AutoWandbLogger, has_api_key, resolve_mode
-from tests.conftest import CONFIGS, REPO, run_cli
-from tests.test_plots import png_size
-from tests.test_sweep import resolved_config
+from tests.helpers import CONFIGS, REPO, png_size, resolved_config, run_cli
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B key, known to no server
 _W_AND_B_ENV = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_CONFIG_DIR", "WANDB_RUN_ID", "NETRC")
@@ -256,6 +254,7 @@ def offline_fit(mnist_dir, tmp_path_factory):
     return result, _only_run_folder(root)
 
 
+@pytest.mark.slow  # the command line in a subprocess
 def test_no_key_and_no_network_logs_offline_and_says_how_to_sync(offline_fit):
     result, run_dir = offline_fit
     assert "Traceback" not in result.stderr
@@ -263,6 +262,7 @@ def test_no_key_and_no_network_logs_offline_and_says_how_to_sync(offline_fit):
     assert "no API key was found" in line and str(run_dir / "wandb" / "offline-run-") in line
 
 
+@pytest.mark.slow  # the command line in a subprocess
 def test_one_run_folder_holds_checkpoints_config_summary_pictures_and_wandb(offline_fit):
     _, run_dir = offline_fit
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -273,6 +273,7 @@ def test_one_run_folder_holds_checkpoints_config_summary_pictures_and_wandb(offl
     assert list((run_dir / "wandb").glob(f"offline-run-*-{run_dir.name}/run-{run_dir.name}.wandb"))
 
 
+@pytest.mark.slow  # the command line in a subprocess
 def test_offline_run_holds_every_val_acc_and_the_resolved_config(offline_fit):
     _, run_dir = offline_fit
     (log,) = (run_dir / "wandb").glob("offline-run-*/*.wandb")
@@ -287,6 +288,7 @@ def test_offline_run_holds_every_val_acc_and_the_resolved_config(offline_fit):
     assert (log.parent / "files" / CONFIG_COPY).read_text() == (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.slow  # the command line in a subprocess
 def test_offline_test_run_logs_the_confusion_matrix_and_worst_digits(offline_fit, mnist_dir, tmp_path):
     _, fit_dir = offline_fit
     (best,) = (fit_dir / "checkpoints").glob("best-*.ckpt")
@@ -301,6 +303,7 @@ def test_offline_test_run_logs_the_confusion_matrix_and_worst_digits(offline_fit
     assert {"test_acc", "test_confusion_matrix_table", "test_worst_digits"} <= {k.split("/")[0] for k in logged}
 
 
+@pytest.mark.slow  # the command line in a subprocess
 def test_an_unreachable_server_falls_back_to_offline_without_hanging(no_credentials, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)  # a key, so auto means online; no server will take it
     script = (
@@ -326,6 +329,7 @@ def test_an_unreachable_server_falls_back_to_offline_without_hanging(no_credenti
     assert list((run_dir / "wandb").glob("offline-run-*")) and not list((run_dir / "wandb").glob("run-*"))
 
 
+@pytest.mark.slow  # the command line in a subprocess
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("tensorboard"), reason="tensorboard is not installed")
 def test_one_flag_switches_to_tensorboard(mnist_dir, tmp_path):
     result = _short_run(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -227,8 +228,13 @@ class LitNNOptCLI(LightningCLI):
             raise ConfigError(
                 f"`optimizer.init_args.lr` must be a positive number, got {lr!r}. Set e.g. `--optimizer.lr 0.001`."
             )
-        _check_dropout(config)
-        _check_patience(config)
+        _check_scheduler_patience(config)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            raise config_error(error, self.config.get(str(self.subcommand), self.config)) from error
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand != "fit":  # an evaluation in a run's folder keeps the config.yaml of its fit
@@ -304,26 +310,49 @@ def _init_arg(namespace: Any, key: str) -> Any:
     return init_args.get(key) if init_args is not None and hasattr(init_args, "get") else None
 
 
-def _check_dropout(config: Any) -> None:
-    dropout = _init_arg(config.get("model", {}).get("net"), "dropout")
-    if isinstance(dropout, (int, float)) and not 0 <= dropout < 1:
+def _check_scheduler_patience(config: Any) -> None:
+    # torch's ReduceLROnPlateau takes any patience, and is built only when training starts.
+    scheduler = config.get("lr_scheduler")
+    patience = _init_arg(scheduler, "patience")
+    if isinstance(patience, (int, float)) and patience < 0:
         raise ConfigError(
-            f"`model.net.init_args.dropout` must lie in [0, 1), got {dropout!r}: it is the fraction of units "
-            "dropped in training, and 0 turns dropout off. Set e.g. `--model.net.init_args.dropout 0.2`."
+            f"`lr_scheduler.init_args.patience` of {scheduler.get('class_path')} must be >= 0, got {patience!r}: "
+            "it counts the checks without improvement to wait for."
         )
 
 
-def _check_patience(config: Any) -> None:
-    callbacks = config.get("trainer", {}).get("callbacks") or []
-    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-    named = [(f"trainer.callbacks[{i}]", callback) for i, callback in enumerate(callbacks)]
-    for where, namespace in named + [("lr_scheduler", config.get("lr_scheduler"))]:
-        patience = _init_arg(namespace, "patience")
-        if isinstance(patience, (int, float)) and patience < 0:
-            raise ConfigError(
-                f"`{where}.init_args.patience` of {namespace.get('class_path')} must be >= 0, got {patience!r}: "
-                "it counts the checks without improvement to wait for."
-            )
+def config_error(error: ValueError, config: Any) -> ConfigError:
+    """A constructor's "`name` must ..." error, with ``name`` replaced by its key in ``config``.
+
+    The library's classes check their own arguments; the CLI only says where in the config the
+    value came from, so that each rule has one home. jsonargparse reports a constructor's error
+    inside its own (one line per type it tried); the constructor's line says what is wrong.
+    """
+    match = re.search(r"`(\w+)` ((?:must|can|needs) [^\n]*)", str(error))
+    plain = config.as_dict() if hasattr(config, "as_dict") else config
+    paths = list(_keys_named(match.group(1), plain)) if match else []
+    if not paths:
+        return ConfigError(str(error))
+    path, class_path, value = next(
+        ((p, c, v) for p, c, v in paths if repr(v) in str(error) or str(v) in str(error)), paths[0]
+    )
+    if "[" in path:  # an entry of a list, which the command line cannot address by index
+        return ConfigError(f"`{path}` of {class_path} {match.group(2).rstrip('.')}. Change it in the config file.")
+    return ConfigError(f"`{path}` {match.group(2).rstrip('.')}. Set e.g. `--{path} <value>`.")
+
+
+def _keys_named(name: str, node: Any, path: str = "", class_path: str | None = None) -> Any:
+    """``(path, class_path, value)`` of every ``init_args`` entry called ``name`` in a parsed config."""
+    if hasattr(node, "items"):
+        items = list(node.items())
+        if path.endswith("init_args") and name in dict(items):
+            yield f"{path}.{name}", class_path, dict(items)[name]
+        owner = node.get("class_path") if hasattr(node, "get") else None
+        for key, value in items:
+            yield from _keys_named(name, value, f"{path}.{key}" if path else str(key), owner or class_path)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _keys_named(name, value, f"{path}[{index}]", class_path)
 
 
 def _check_output_dirs(config: Any) -> None:

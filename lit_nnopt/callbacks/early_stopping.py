@@ -96,6 +96,10 @@ class EarlyStopping(MonitorMixin, LightningEarlyStopping):
         start_from_epoch: int = 0,
         baseline: float | None = None,
     ) -> None:
+        if patience < 0:
+            raise ValueError(
+                f"`patience` must be >= 0, got {patience}: it counts the checks without improvement to wait for."
+            )
         if start_from_epoch < 0:
             raise ValueError(f"`start_from_epoch` must be >= 0, got {start_from_epoch}.")
         super().__init__(

@@ -103,7 +103,11 @@ class ReduceLROnPlateau(MonitorMixin, Callback):
             raise ValueError(f"`min_delta_mode` can be {', '.join(_MIN_DELTA_MODES)}, got {min_delta_mode!r}.")
         if not 0.0 < factor < 1.0:
             raise ValueError(f"`factor` must be between 0 and 1 (exclusive): new_lr = lr * factor. Got {factor}.")
-        for name, value in (("patience", patience), ("cooldown", cooldown), ("min_delta", min_delta)):
+        if patience < 0:
+            raise ValueError(
+                f"`patience` must be >= 0, got {patience}: it counts the checks without improvement to wait for."
+            )
+        for name, value in (("cooldown", cooldown), ("min_delta", min_delta)):
             if value < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {value}.")
         floors = min_lr if isinstance(min_lr, list) else [min_lr]

@@ -1,6 +1,9 @@
-"""Callbacks that tests pass to the CLI with ``--trainer.callbacks+=tests.helpers.NAME``."""
+"""Callbacks that tests hand to CLI subprocesses: ``--trainer.callbacks+=tests.helpers.cli_callbacks.NAME``."""
+
+from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -24,3 +27,23 @@ class DumpRankState(pl.Callback):
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(state))
+
+
+class PauseForSignal(pl.Callback):
+    """Test helper: after training step ``step``, writes ``marker`` and waits until it is gone.
+
+    The test sends its signal while the run waits here, then deletes the marker: the signal
+    arrives at a known point, however slow the machine.
+    """
+
+    def __init__(self, marker: str, step: int) -> None:
+        self.marker = Path(marker)
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step:
+            return
+        self.marker.write_text("waiting")
+        deadline = time.monotonic() + 60
+        while self.marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)

@@ -1,6 +1,6 @@
-"""Shared by the callback tests: a scripted stand-in for the Trainer, and small foreign modules.
+"""For the callback tests: a scripted stand-in for the Trainer, and small foreign modules.
 
-No tests here. ``ScriptedTrainer`` holds exactly what the metric-driven callbacks read from a
+``ScriptedTrainer`` holds exactly what the metric-driven callbacks read from a
 Trainer, so a test can drive their hooks with a scripted sequence of metric values, Keras-style,
 in milliseconds.
 """
