@@ -232,14 +232,30 @@ def test_grad_norm_monitor_logs_at_the_loggers_cadence(tmp_path):
     assert last["grad_2.0_norm_total"] == pytest.approx(math.hypot(*per_layer), rel=1e-5)
 
 
+class LoggingNet(Net):
+    """Records what a callback logs, as a LightningModule's ``log_dict`` would receive it."""
+
+    def __init__(self) -> None:
+        super().__init__([3.0], [4.0])
+        self.logged: list[dict] = []
+
+    def log_dict(self, values: dict, **kwargs) -> None:
+        self.logged.append(values)
+
+
 def test_grad_norm_monitor_off_computes_nothing():
-    net = Net([1.0], [1.0])
+    net = LoggingNet()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     trainer = ScriptedTrainer(net, optimizers=[optimizer])
-    # No LightningModule: logging would fail, so returning before any work is what passes.
     GradientNormMonitor(every_n_steps=0).on_before_optimizer_step(trainer, net, optimizer)
-    trainer.global_step = 1
+    trainer.global_step = 1  # the 2nd step: not a multiple of 3
     GradientNormMonitor(every_n_steps=3).on_before_optimizer_step(trainer, net, optimizer)
+    assert net.logged == []
+    trainer.global_step = 2  # the 3rd step logs: the same recorder sees it
+    GradientNormMonitor(every_n_steps=3, per_layer=False).on_before_optimizer_step(trainer, net, optimizer)
+    assert [{name: float(value) for name, value in logged.items()} for logged in net.logged] == [
+        {"grad_2.0_norm_total": 5.0}
+    ]
 
 
 def test_agc_exclude_patterns_must_match_a_parameter(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_nnopt.app.main import EXTRA_COMMANDS
 from tests.helpers import CONFIGS, REPO, link_mnist, run_cli
 
 # Every test here runs the command line in a subprocess, as a user would.
@@ -107,7 +108,8 @@ def test_print_config_shows_the_resolved_config():
 def test_help_lists_the_extra_commands():
     result = run_cli("--help")
     assert result.returncode == 0
-    assert "compare" in result.stdout and "new" in result.stdout
+    for name, description in EXTRA_COMMANDS.items():
+        assert re.search(rf"^\s+{name}\s+{re.escape(description.split()[0])}", result.stdout, re.M), name
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ from lit_nnopt.app.checks import (
     describe_model_override,
     load_checkpoint_to_check,
 )
-from lit_nnopt.app.console import ConciseArgumentParser, quiet_known_noise
+from lit_nnopt.app.console import ConciseArgumentParser, LineKeepingHelpFormatter, quiet_known_noise
 from lit_nnopt.app.environment import fit_threads_to_free_cpus, skip_nvml_probe_without_gpu
 from lit_nnopt.app.main import EXTRA_COMMANDS
 from lit_nnopt.app.plots import RunPictures
@@ -106,7 +106,10 @@ class LitNNOptCLI(LightningCLI):
         # W&B, online with a key and offline without; `--trainer.logger false` turns logging off.
         kwargs["trainer_defaults"].setdefault("logger", {"class_path": "lit_nnopt.app.loggers.AutoWandbLogger"})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"epilog": _epilog(), "prog": "python -m lit_nnopt"})
+        kwargs.setdefault(
+            "parser_kwargs",
+            {"epilog": _epilog(), "prog": "python -m lit_nnopt", "formatter_class": LineKeepingHelpFormatter},
+        )
         # The command line, to print the command that resumes an interrupted run.
         self._argv = list(sys.argv[1:]) if args is None else (list(args) if isinstance(args, list) else None)
         super().__init__(MNISTClassifier, MNISTDataModule, args=args, **kwargs)

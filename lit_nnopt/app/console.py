@@ -11,6 +11,7 @@ import sys
 import warnings
 from typing import NoReturn
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
 # `rank_zero_info` logs through whichever of these Lightning imported last.
@@ -59,6 +60,13 @@ def quiet_known_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(existing, _DropLines) for existing in logger.filters):
             logger.addFilter(_DropLines(tuple(starts)))
+
+
+class LineKeepingHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with the description and epilog printed line for line, not refilled."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
 class ConciseArgumentParser(LightningArgumentParser):
