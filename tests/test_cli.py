@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_nnopt.app.main import EXTRA_COMMANDS
+from lit_nnopt.app.commands import EXTRA_COMMANDS
 from tests.helpers import CONFIGS, REPO, link_mnist, run_cli
 
 # Every test here runs the command line in a subprocess, as a user would.

@@ -36,9 +36,9 @@ from lit_nnopt.app.checks import (
     describe_model_override,
     load_checkpoint_to_check,
 )
+from lit_nnopt.app.commands import EXTRA_COMMANDS
 from lit_nnopt.app.console import ConciseArgumentParser, LineKeepingHelpFormatter, quiet_known_noise
 from lit_nnopt.app.environment import fit_threads_to_free_cpus, skip_nvml_probe_without_gpu
-from lit_nnopt.app.main import EXTRA_COMMANDS
 from lit_nnopt.app.plots import RunPictures
 from lit_nnopt.app.predictions import PredictionWriter
 from lit_nnopt.app.progress import CheapRichProgressBar

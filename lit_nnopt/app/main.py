@@ -13,11 +13,6 @@ import signal
 import sys
 
 DEBUG_ENV = "LIT_NNOPT_DEBUG"
-EXTRA_COMMANDS = {
-    "compare": "Train several configs and compare them in a table and a plot.",
-    "new": "Start a new Lightning project from lit_nnopt's cookiecutter template.",
-    "bench": "Time lit_nnopt against a hand-written training loop.",
-}
 # Import names of the `cli` extra: the library needs none of them.
 APPLICATION_MODULES = {
     "jsonargparse": "jsonargparse[signatures]",
