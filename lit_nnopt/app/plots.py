@@ -323,7 +323,7 @@ class RunPictures(pl.Callback):
 
         trainer:
           callbacks:
-            - class_path: lit_nnopt.app.plots.RunPictures
+            - class_path: lit_nnopt.app.RunPictures
               init_args: {worst_count: 36}
     """
 

@@ -44,12 +44,13 @@ class NaNGuard(Callback):
     Under gradient accumulation, a non-finite loss in any micro-batch skips the whole
     accumulated step. When one training step runs a group of batches
     (:class:`~lit_nnopt.callbacks.StepsPerExecution`), the callback acts at the end of the group: the
-    group's remaining batches are skipped as well, and count as the same skipped step. Put ``NaNGuard``
-    before :class:`~lit_nnopt.callbacks.GradientClipping` in the callbacks list so that the clipping
-    callback does not see the dropped step. The snapshot costs one copy of the weights and optimizer
-    state in device memory (and in checkpoints), refreshed at each snapshot; the check costs one host
-    sync of the loss per micro-batch (and, under DDP, an all-reduce of one flag). The lr scaling follows
-    the same rules for LR schedulers as :class:`~lit_nnopt.callbacks.ReduceLROnPlateau`.
+    group's remaining batches are skipped as well, and count as the same skipped step. Its place in
+    the callbacks list does not matter: :class:`~lit_nnopt.callbacks.GradientClipping` clips after
+    every ``on_before_optimizer_step`` hook, so it never sees the dropped step. The snapshot costs
+    one copy of the weights and optimizer state in device memory (and in checkpoints), refreshed at
+    each snapshot; the check costs one host sync of the loss per micro-batch (and, under DDP, an
+    all-reduce of one flag). The lr scaling follows the same rules for LR schedulers as
+    :class:`~lit_nnopt.callbacks.ReduceLROnPlateau`.
 
     Counters: ``skipped_steps``, ``rollbacks``; after a stop, ``stopping_reason_message`` (the
     name Lightning's EarlyStopping uses) and ``last_good_checkpoint_path``.
