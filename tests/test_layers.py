@@ -81,3 +81,18 @@ def test_importing_the_library_loads_no_application_module():
     added = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(added) == {module for module, _ in _IMPORTS}
     assert added == {module: [] for module, _ in _IMPORTS}
+
+
+def test_new_and_its_help_start_without_importing_torch_or_lightning():
+    code = (
+        "import sys\n"
+        "from lit_nnopt.app.main import main\n"
+        "try:\n"
+        "    main(['new', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'wandb') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Start a new Lightning project" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -24,7 +24,8 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_nnopt import MLP, BatchLoader, MNISTClassifier
-from lit_nnopt.app.checks import CheckpointError, check_checkpoint, config_files
+from lit_nnopt.app.checks import CheckpointError, check_checkpoint
+from lit_nnopt.app.config_files import config_files
 from lit_nnopt.app.reports import RunSummary
 from lit_nnopt.app.runs import find_resumable_checkpoint, resume_command
 from lit_nnopt.callbacks import EarlyStopping, ExactResume, InterruptCheckpoint

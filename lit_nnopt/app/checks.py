@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -23,10 +22,6 @@ class CheckpointError(ValueError):
 
 class OutputDirError(ValueError):
     """A folder the run must write to cannot be written."""
-
-
-class ConfigFileError(ValueError):
-    """A ``--config`` file is not a YAML mapping."""
 
 
 def load_checkpoint_to_check(path: str, weights_only: bool | None = None) -> dict[str, Any] | None:
@@ -204,37 +199,3 @@ def check_writable(folder: str | os.PathLike, option: str) -> None:
         raise OutputDirError(
             f"Cannot write the run's files to {path}: {reason}. Set `{option}` to a folder you can write to."
         )
-
-
-def check_config_file(path: str | os.PathLike) -> None:
-    """Refuse a ``--config`` file that is not a YAML mapping, naming the file and the problem.
-
-    Raises:
-        ConfigFileError: if the file is not UTF-8 text, not YAML, or not a mapping of keys.
-    """
-    try:
-        content = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        reason = "it is not text (not UTF-8)"
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = f"it is not valid YAML{where} ({getattr(error, 'problem', None) or error})"
-    except OSError as error:
-        reason = f"it cannot be read ({error.strerror or error})"
-    else:
-        if content is None or isinstance(content, dict):
-            return
-        reason = f"it holds a YAML {type(content).__name__}, not a mapping of keys"
-    raise ConfigFileError(
-        f"--config {path} is not a lit_nnopt config: {reason}. A config is a YAML mapping with keys such as "
-        "`trainer:`, `model:`, `data:` and `optimizer:` (see configs/adam.yaml); "
-        "`python -m lit_nnopt fit --print_config` prints a complete one."
-    )
-
-
-def config_files(argv: list[str]) -> list[str]:
-    """The existing files named by ``--config`` in ``argv`` (a ``--config`` value may also be inline YAML)."""
-    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
-    values += [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
-    return [value for value in values if Path(value).is_file()]

@@ -32,11 +32,11 @@ from lit_nnopt.app.checks import (
     check_checkpoint,
     check_hyperparameters,
     check_writable,
-    config_files,
     describe_model_override,
     load_checkpoint_to_check,
 )
 from lit_nnopt.app.commands import EXTRA_COMMANDS
+from lit_nnopt.app.config_files import config_files
 from lit_nnopt.app.console import ConciseArgumentParser, LineKeepingHelpFormatter, quiet_known_noise
 from lit_nnopt.app.environment import fit_threads_to_free_cpus, skip_nvml_probe_without_gpu
 from lit_nnopt.app.plots import RunPictures

@@ -43,9 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             "works without them.\n".format("is" if len(missing) == 1 else "are")
         )
         sys.exit(1)
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from lit_nnopt.app.checks import ConfigFileError, check_config_file, config_files
+    from lit_nnopt.app.config_files import ConfigFileError, check_config_file, config_files
 
     try:
         for path in config_files(command_line):
@@ -63,15 +61,10 @@ def main(argv: list[str] | None = None) -> None:
 
             bench_main(command_line[1:])
         else:
-            from lit_nnopt.app.cli import LitNNOptCLI
-
-            LitNNOptCLI(args=argv)  # None: LightningCLI reads sys.argv itself
-            _close_process_group()
+            _run_lightning_cli(argv)
     except KeyboardInterrupt:
         sys.stderr.write("lit_nnopt: interrupted.\n")
         sys.exit(130)
-    except SIGTERMException as stop:  # a SystemExit without a code (status 0) unless InterruptCheckpoint set one
-        sys.exit(stop.code or 128 + signal.SIGTERM)
     except ConfigFileError as error:  # exit status 2, as for the other problems LightningCLI's parser finds
         if os.environ.get(DEBUG_ENV):
             raise
@@ -82,6 +75,19 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"lit_nnopt: error: {error}\n(Set {DEBUG_ENV}=1 to see the traceback.)\n")
         sys.exit(1)
+
+
+def _run_lightning_cli(argv: list[str] | None) -> None:
+    """fit, validate, test or predict; imported only here, so that `new` and `compare` start at once."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from lit_nnopt.app.cli import LitNNOptCLI
+
+    try:
+        LitNNOptCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+    except SIGTERMException as stop:  # a SystemExit without a code (status 0) unless InterruptCheckpoint set one
+        sys.exit(stop.code or 128 + signal.SIGTERM)
+    _close_process_group()
 
 
 def _close_process_group() -> None:
