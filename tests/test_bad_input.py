@@ -67,10 +67,11 @@ def test_dropout_outside_0_1(capfd, tmp_path, dropout):
 
 
 def test_negative_patience_of_a_callback(capfd, tmp_path):
-    code, stderr = _fit(capfd, tmp_path, "--trainer.callbacks.init_args.patience", "-1")
+    early_stopping = str(CONFIGS / "early_stopping.yaml")  # its only callback: the one the option addresses
+    code, stderr = _fit(capfd, tmp_path, "--trainer.callbacks.init_args.patience", "-1", config=early_stopping)
     assert code == 1
     assert (
-        "`trainer.callbacks[1].init_args.patience` of lit_nnopt.callbacks.EarlyStopping must be >= 0, got -1" in stderr
+        "`trainer.callbacks[0].init_args.patience` of lit_nnopt.callbacks.EarlyStopping must be >= 0, got -1" in stderr
     )
 
 
