@@ -135,6 +135,7 @@ def _images(samples: int = 8) -> DataLoader:
     return DataLoader(_Images(784, samples), batch_size=4)
 
 
+@pytest.mark.slow  # torch.compile takes half a minute on a CPU
 def test_checkpoints_of_compiled_and_uncompiled_models_load_into_either(tmp_path):
     compiled = MNISTClassifier(net=MLP([8]), compile=True)
     trainer = _tiny_trainer(tmp_path, max_steps=2)

@@ -132,11 +132,28 @@ class StepsPerExecution(Callback):
 
     Example::
 
-        trainer = Trainer(callbacks=[StepsPerExecution(steps=32)])
+        >>> import lightning.pytorch as pl
+        >>> import torch
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> from lit_nnopt.callbacks import StepsPerExecution
+        >>> def trained_weights(*callbacks):
+        ...     pl.seed_everything(0, verbose=False)
+        ...     model = BoringModel()
+        ...     trainer = pl.Trainer(max_epochs=1, limit_train_batches=40, limit_val_batches=0, logger=False,
+        ...         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        ...         callbacks=list(callbacks))
+        ...     trainer.fit(model)
+        ...     return model.layer.weight, trainer.global_step
+        >>> grouped, grouped_steps = trained_weights(StepsPerExecution(steps=8))
+        >>> one_by_one, steps = trained_weights()
+        >>> torch.equal(grouped, one_by_one), grouped_steps, steps
+        (True, 40, 40)
 
-        # YAML, under trainer.callbacks:
+    In a LightningCLI config, under ``trainer.callbacks``::
+
         - class_path: lit_nnopt.callbacks.StepsPerExecution
-          init_args: {steps: 32}
+          init_args:
+            steps: 32
     """
 
     def __init__(self, steps: int) -> None:
