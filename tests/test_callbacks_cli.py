@@ -35,7 +35,7 @@ def test_callbacks_from_yaml_and_the_command_line(mnist_dir, tmp_path):
         "--config", str(config),
         "--data.data_dir", str(mnist_dir),
         "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger", "false",  # the run folder is then default_root_dir
+        "--trainer.logger", "false",  # the run folder is then default_root_dir/fit-<date>-<time>
         "--trainer.max_epochs", "2",
         "--trainer.limit_train_batches", "5",
         "--trainer.limit_val_batches", "2",
@@ -50,6 +50,7 @@ def test_callbacks_from_yaml_and_the_command_line(mnist_dir, tmp_path):
     assert result.returncode == 0, output
     assert "Epoch 1: ReduceLROnPlateau reduced the lr of optimizer 0 group 0 from 0.001 to 0.0005" in output
     assert "EarlyStopping: did not stop; best val_loss" in output
-    history = json.loads((tmp_path / "summary.json").read_text())["history"]
+    (summary,) = tmp_path.glob("fit-*/summary.json")
+    history = json.loads(summary.read_text())["history"]
     assert [row["epoch"] for row in history] == [0, 1]
     assert all(0.0 <= row["grad_clip/clipped"] <= 1.0 for row in history)

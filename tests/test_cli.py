@@ -202,12 +202,10 @@ def short_fit(mnist_dir, tmp_path_factory):
         "40",
         "--trainer.limit_val_batches",
         "5",
-        "--trainer.default_root_dir",
-        str(root),
-        cwd=root,
+        cwd=root,  # runs/ below it, as for a user; a `lit_nnopt/` folder there would shadow an editable install
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = (root / "lit_nnopt").iterdir()
+    (run,) = (root / "runs" / "lit_nnopt").iterdir()
     return result, root, run
 
 
@@ -227,7 +225,7 @@ def test_fit_ends_with_the_best_checkpoint_and_the_command_that_tests_it_in_the_
     fit_config = (run / "config.yaml").read_text()
     tested = run_cli(*args, "--trainer.limit_test_batches", "3", cwd=root)
     assert tested.returncode == 0, tested.stderr[-3000:]
-    assert [path.name for path in (root / "lit_nnopt").iterdir()] == [run.name]  # no new folder
+    assert [path.name for path in (root / "runs" / "lit_nnopt").iterdir()] == [run.name]  # no new folder
     assert (run / "config.yaml").read_text() == fit_config and (run / "test_config.yaml").is_file()
     assert _summary(run)["final"]["test_acc"] > 0.5 and (run / "confusion_matrix.png").is_file()
     assert not [line for line in (tested.stdout + tested.stderr).splitlines() if _NOISE.search(line)]
@@ -242,8 +240,6 @@ def test_evaluating_without_a_checkpoint_is_refused_naming_the_best_one(short_fi
         str(CONFIGS / "adam.yaml"),
         "--data.data_dir",
         str(mnist_dir),
-        "--trainer.default_root_dir",
-        str(root),
         cwd=root,
     )
     assert result.returncode == 1
@@ -260,8 +256,6 @@ def test_predict_with_the_best_checkpoint_writes_a_csv_in_the_run_folder(short_f
         str(CONFIGS / "adam.yaml"),
         "--data.data_dir",
         str(mnist_dir),
-        "--trainer.default_root_dir",
-        str(root),
         "--ckpt_path",
         "best",
         "--trainer.limit_predict_batches",
@@ -273,7 +267,7 @@ def test_predict_with_the_best_checkpoint_writes_a_csv_in_the_run_folder(short_f
     path = run / "predictions.csv"
     with path.open() as file:
         rows = list(csv.DictReader(file))
-    assert f"predictions ({len(rows)} rows): {path}" in result.stdout
+    assert f"predictions ({len(rows)} rows): {path.relative_to(root)}" in result.stdout
     assert list(rows[0]) == ["index", "prediction", "class_name", "probability"]
     assert [int(row["index"]) for row in rows] == list(range(len(rows))) and len(rows) > 10
     assert all(row["prediction"] == row["class_name"] and 0.1 <= float(row["probability"]) <= 1 for row in rows)
