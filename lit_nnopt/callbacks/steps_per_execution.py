@@ -14,6 +14,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
+from lit_nnopt._lightning_internals import DirectStep, direct_step_obstacle
+
 
 class GroupedBatches:
     """Serves any iterable of batches as groups of ``steps`` consecutive batches.
@@ -209,6 +211,9 @@ class StepsPerExecution(Callback):
         fetcher = trainer.fit_loop._data_fetcher
         (grouped,) = trainer.fit_loop._combined_loader.flattened
         followers = grouped.pop_followers()
+        run_one_batch = self._run_one_batch
+        if followers and direct_step_obstacle(trainer) is None:
+            run_one_batch = DirectStep(trainer).run
         # Lightning counted the group as one fetched batch: from here on it counts batches.
         last_group = fetcher.done if fetcher.length is None else fetcher.fetched + len(followers) >= fetcher.length
         loop.batch_progress.is_last_batch = last_group and not followers
@@ -227,7 +232,7 @@ class StepsPerExecution(Callback):
             loop.batch_progress.increment_ready()
             trainer._logger_connector.on_batch_start(batch)
             loop.batch_progress.increment_started()
-            output = self._run_one_batch(optimizer, loop.batch_idx, _with_batch(kwargs, batch, loop.batch_idx))
+            output = run_one_batch(optimizer, loop.batch_idx, _with_batch(kwargs, batch, loop.batch_idx))
         return output
 
     @override
