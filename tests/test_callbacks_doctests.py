@@ -15,6 +15,7 @@ CALLBACK_MODULES = [
     "lit_nnopt.callbacks.interrupt_checkpoint",
     "lit_nnopt.callbacks.nan_guard",
     "lit_nnopt.callbacks.plateau",
+    "lit_nnopt.callbacks.steps_per_execution",
 ]
 
 

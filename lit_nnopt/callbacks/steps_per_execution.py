@@ -134,11 +134,26 @@ class StepsPerExecution(Callback):
 
     Example::
 
-        trainer = Trainer(callbacks=[StepsPerExecution(steps=32)])
+        >>> import lightning.pytorch as pl
+        >>> import torch
+        >>> from lightning.pytorch.demos.boring_classes import BoringModel
+        >>> from lit_nnopt.callbacks import StepsPerExecution
+        >>> def fit(steps):
+        ...     pl.seed_everything(0, verbose=False)
+        ...     model = BoringModel()
+        ...     trainer = pl.Trainer(max_epochs=1, limit_train_batches=10, limit_val_batches=0,
+        ...         callbacks=[StepsPerExecution(steps)], logger=False, enable_checkpointing=False,
+        ...         enable_progress_bar=False, enable_model_summary=False)
+        ...     trainer.fit(model)
+        ...     return trainer.global_step, model.layer.weight
+        >>> (grouped_steps, grouped), (single_steps, single) = fit(4), fit(1)
+        >>> grouped_steps, single_steps, torch.equal(grouped, single)
+        (10, 10, True)
 
-        # YAML, under trainer.callbacks:
-        - class_path: lit_nnopt.callbacks.StepsPerExecution
-          init_args: {steps: 32}
+        In a LightningCLI YAML, under ``trainer.callbacks``::
+
+            - class_path: lit_nnopt.callbacks.StepsPerExecution
+              init_args: {steps: 32}
     """
 
     def __init__(self, steps: int) -> None:
