@@ -179,6 +179,8 @@ def _assert_same_tensors(actual: dict, expected: dict) -> None:
             _assert_same_tensors(actual[name], tensor)
         elif isinstance(tensor, torch.Tensor):
             assert torch.equal(actual[name], tensor), name
+        elif isinstance(tensor, list):  # LBFGS keeps lists of tensors
+            _assert_same_tensors(dict(enumerate(actual[name])), dict(enumerate(tensor)))
         else:
             assert actual[name] == tensor, name
 
@@ -535,6 +537,18 @@ def test_anything_but_the_plain_case_keeps_lightnings_step_for_every_batch(modul
     lightning_steps.clear()
     grouped = fit(K)
     assert lightning_steps == list(range(11)) * 3
+    _assert_same_training(grouped, single)
+
+
+@pytest.mark.usefixtures("step_path")
+def test_an_optimizer_that_evaluates_the_closure_several_times_trains_bitwise_alike():
+    """LBFGS runs the closure up to ``max_iter`` times a step: each run has the step's hooks, as in Lightning."""
+    lbfgs = {"class_path": "torch.optim.LBFGS", "init_args": {"lr": 0.1, "max_iter": 3}}
+    hooks = {steps: CountHooks() for steps in (1, K)}
+    single = _fit(1, optimizer=lbfgs, max_epochs=1, callbacks=[hooks[1]])
+    grouped = _fit(K, optimizer=lbfgs, max_epochs=1, callbacks=[hooks[K]])
+    assert hooks[K].counts == hooks[1].counts | {"on_train_batch_end": 4}
+    assert single[1].global_step == 11 and hooks[1].counts["on_before_backward"] > 11
     _assert_same_training(grouped, single)
 
 
