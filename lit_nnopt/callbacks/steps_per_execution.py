@@ -119,6 +119,11 @@ class StepsPerExecution(Callback):
     bar, the checks for validation, early stop and signals. For a network as small as
     lit_nnopt's MLP that work is most of the framework's time.
 
+    In the plain case (one device, 32-bit precision, no profiler, none of ``optimizer_step``,
+    ``optimizer_zero_grad``, ``backward``, ``configure_gradient_clipping`` or ``clip_gradients``
+    overridden), the batches after a group's first skip Lightning's closure objects and hook
+    dispatch too: they take the same steps, with the same hooks in the same order, called directly.
+
     ``batch_idx`` in ``training_step`` and ``trainer.num_training_batches`` count batches, as
     without groups, so checkpoints resume mid-epoch whatever the group size of either run.
 
