@@ -1,17 +1,34 @@
 """Every use of Lightning's private API in lit_nnopt, in one place (checked against Lightning 2.6).
 
 A Lightning upgrade that moves one of these breaks only this module; its tests
-(``tests/test_resilience.py``: the bitwise resume) say so at once.
+(``tests/test_resilience.py``: the bitwise resume; ``tests/test_steps_per_execution.py``: the
+training of one batch per step, bit for bit) say so at once.
+
+One exception, named here: ``callbacks/steps_per_execution.py`` drives the training epoch loop
+between the batches of a group, with what Lightning's ``_TrainingEpochLoop.advance`` does around a
+batch: the fit loop's ``_combined_loader`` and ``_data_fetcher`` (``fetched``, ``done``,
+``length``), the epoch loop's ``batch_progress``, ``_should_accumulate``,
+``_batches_that_stepped`` and ``update_lr_schedulers``, the trainer's ``_logger_connector``, the
+module's ``_on_before_batch_transfer``, and the ``run`` of its ``automatic_optimization``.
 
 Private: the names here may change without notice.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loops.optimization.automatic import Closure, ClosureResult
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 
 def epoch_aggregates(trainer: pl.Trainer) -> dict[str, dict[str, Any]]:
@@ -54,3 +71,130 @@ def _cpu_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_cpu_copy(item) for item in value]
     return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
+
+
+# The hooks of each optimizer step, in Lightning's order: every callback's, then the module's.
+_STEP_HOOKS = ("on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")
+# Module methods that Lightning calls around each step; overriding any of them needs Lightning's own path.
+_STEP_METHODS = ("optimizer_step", "optimizer_zero_grad", "backward", "configure_gradient_clipping", "clip_gradients")
+
+
+def direct_step_obstacle(trainer: pl.Trainer) -> str | None:
+    """What keeps :class:`DirectStep` from standing in for Lightning's automatic optimization, or None.
+
+    The plain case only: one device, the 32-bit precision plugin, no profiler, one optimizer,
+    no gradient accumulation or clipping by the Trainer, and none of the module methods around
+    the step overridden. Anything else keeps Lightning's own path.
+    """
+    module = trainer.lightning_module
+    if type(trainer.strategy) is not SingleDeviceStrategy:
+        return f"the {type(trainer.strategy).__name__}"
+    if type(trainer.precision_plugin) is not Precision:
+        return f"the {type(trainer.precision_plugin).__name__} plugin"
+    if type(trainer.profiler) is not PassThroughProfiler:
+        return f"the {type(trainer.profiler).__name__}"
+    if not module.automatic_optimization or len(trainer.optimizers) != 1:
+        return "not one optimizer under automatic optimization"
+    if trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val:
+        return "gradient accumulation or clipping by the Trainer"
+    if trainer.fit_loop.epoch_loop.automatic_optimization._skip_backward:
+        return "a skipped backward"
+    overridden = [name for name in _STEP_METHODS if _overrides(module, name, pl.LightningModule)]
+    return f"{type(module).__name__}.{overridden[0]}" if overridden else None
+
+
+class DirectStep:
+    """Lightning's automatic optimization of one batch, in the plain case, without its per-batch machinery.
+
+    What ``_AutomaticOptimization.run`` does when nothing is overridden, in the same order with
+    the same arguments: ``optimizer.step(closure)``, where the closure runs the strategy's
+    ``training_step``, the ``on_before_zero_grad`` hooks, ``zero_grad()``, the
+    ``on_before_backward`` hooks, ``backward``, the ``on_after_backward`` hooks, then the
+    ``on_before_optimizer_step`` hooks; the optimizer's progress is counted as Lightning counts it.
+    It saves Lightning's closure objects and hook dispatch (a profiler context and a hook name set
+    per call, for every callback whether or not it implements the hook). Build one with the
+    trainer's callbacks of the moment; :func:`direct_step_obstacle` says when one may be used.
+    """
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self.trainer = trainer
+        self.module = trainer.lightning_module
+        self.progress = trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer
+        self.hooks = {hook: _implementations(trainer, hook) for hook in _STEP_HOOKS}
+
+    def run(self, optimizer: torch.optim.Optimizer, batch_idx: int, kwargs: OrderedDict) -> dict[str, Any]:
+        """The batch's optimizer step; returns what Lightning's does (``{"loss": ..., **extra}``, or ``{}``)."""
+        module = self.module
+        outer_name = module._current_fx_name
+        results: list[dict[str, Any]] = []
+        self.progress.step.increment_ready()
+        optimizer.step(closure=partial(self._closure, optimizer, kwargs, results))
+        self.progress.step.increment_completed()
+        module._current_fx_name = outer_name
+        if not results:
+            raise MisconfigurationException(
+                f"{type(optimizer).__name__}.step did not call its closure: the batch was not trained. "
+                "Lightning's automatic optimization needs an optimizer that calls the closure it is given."
+            )
+        return results[-1]
+
+    def _closure(self, optimizer: torch.optim.Optimizer, kwargs: OrderedDict, results: list) -> torch.Tensor | None:
+        module, zero_grad = self.module, self.progress.zero_grad
+        with torch.enable_grad():
+            module._current_fx_name = "training_step"
+            output = self.trainer.strategy.training_step(*kwargs.values())
+            self.trainer.strategy.post_training_step()
+            loss = _loss_of(output)
+            zero_grad.increment_ready()
+            self._call("on_before_zero_grad", optimizer)
+            zero_grad.increment_started()
+            optimizer.zero_grad()
+            zero_grad.increment_completed()
+            if loss is not None:
+                self._call("on_before_backward", loss)
+                module._current_fx_name = "backward"
+                module.backward(loss)
+                self._call("on_after_backward")
+        self._call("on_before_optimizer_step", optimizer)
+        if loss is None:
+            results.append({})
+            return None
+        loss = loss.detach().clone()
+        extra = {key: value for key, value in output.items() if key != "loss"} if isinstance(output, Mapping) else {}
+        results.append({"loss": loss, **extra})
+        return loss
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for fn in self.hooks[hook]:
+            self.module._current_fx_name = hook
+            fn(*args)
+
+
+def _loss_of(output: Any) -> torch.Tensor | None:
+    """The loss in what ``training_step`` returned; Lightning's errors for what it refuses."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and isinstance(output.get("loss"), torch.Tensor):
+        return output["loss"]
+    loss = ClosureResult.from_training_step_output(output).closure_loss
+    if loss is None:
+        Closure.warning_cache.warn("`training_step` returned `None`. If this was on purpose, ignore this warning...")
+    return loss
+
+
+def _implementations(trainer: pl.Trainer, hook: str) -> list[Callable[..., Any]]:
+    """The hook of each callback that implements it, then the module's, as ``_call_*_hook`` call them."""
+    module = trainer.lightning_module
+    calls: list[Callable[..., Any]] = [
+        partial(getattr(callback, hook), trainer, module)
+        for callback in trainer.callbacks
+        if _overrides(callback, hook, Callback)
+    ]
+    if _overrides(module, hook, pl.LightningModule):
+        calls.append(getattr(module, hook))
+    return calls
+
+
+def _overrides(obj: object, name: str, base: type) -> bool:
+    method = getattr(obj, name)
+    return getattr(method, "__func__", method) is not getattr(base, name)

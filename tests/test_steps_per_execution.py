@@ -18,13 +18,14 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loops.optimization.automatic import _AutomaticOptimization
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.nn import functional as F
 
 from lit_nnopt import MLP, MNISTClassifier
 from lit_nnopt.app.progress import CheapRichProgressBar
-from lit_nnopt.callbacks import GradientClipping, NaNGuard, StepsPerExecution
+from lit_nnopt.callbacks import GradientClipping, NaNGuard, StepsPerExecution, steps_per_execution
 from lit_nnopt.callbacks.steps_per_execution import GroupedBatches
 from lit_nnopt.data import BatchLoader
 from tests.helpers import CONFIGS, run_cli
@@ -117,6 +118,14 @@ def test_steps_must_be_a_positive_integer(steps):
 # -- training: K=3 against K=1 --------------------------------------------------------------
 
 
+@pytest.fixture(params=["direct", "lightning"])
+def step_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test twice: a group's followers through DirectStep where it applies, then through Lightning's step."""
+    if request.param == "lightning":
+        monkeypatch.setattr(steps_per_execution, "direct_step_obstacle", lambda trainer: "forced by the test")
+    return request.param
+
+
 def _trainer(steps: int, callbacks: list | None = None, **kwargs) -> pl.Trainer:
     defaults = {
         "accelerator": "cpu",
@@ -170,6 +179,8 @@ def _assert_same_tensors(actual: dict, expected: dict) -> None:
             _assert_same_tensors(actual[name], tensor)
         elif isinstance(tensor, torch.Tensor):
             assert torch.equal(actual[name], tensor), name
+        elif isinstance(tensor, list):  # LBFGS keeps lists of tensors
+            _assert_same_tensors(dict(enumerate(actual[name])), dict(enumerate(tensor)))
         else:
             assert actual[name] == tensor, name
 
@@ -201,6 +212,7 @@ PLATEAU = {
 }
 
 
+@pytest.mark.usefixtures("step_path")
 def test_exponential_lr_per_epoch_trains_bitwise_alike():
     adam = {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}
     single = _fit(1, optimizer=adam, lr_scheduler=EXPONENTIAL)
@@ -211,6 +223,7 @@ def test_exponential_lr_per_epoch_trains_bitwise_alike():
     _assert_same_training(grouped, single)
 
 
+@pytest.mark.usefixtures("step_path")
 @pytest.mark.parametrize("frequency", [2, 4])
 def test_step_lr_per_optimizer_step_with_frequency_trains_bitwise_alike(frequency):
     step_lr = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": 0.7}}
@@ -222,6 +235,7 @@ def test_step_lr_per_optimizer_step_with_frequency_trains_bitwise_alike(frequenc
     _assert_same_training(grouped, single)
 
 
+@pytest.mark.usefixtures("step_path")
 def test_reduce_lr_on_plateau_monitoring_val_loss_trains_bitwise_alike():
     single = _fit(1, lr_scheduler=PLATEAU, validate=True, dropout=0.2)
     grouped = _fit(K, lr_scheduler=PLATEAU, validate=True, dropout=0.2)
@@ -230,6 +244,7 @@ def test_reduce_lr_on_plateau_monitoring_val_loss_trains_bitwise_alike():
     _assert_same_training(grouped, single)
 
 
+@pytest.mark.usefixtures("step_path")
 @pytest.mark.parametrize(
     "max_steps, lr_scheduler",
     [
@@ -248,6 +263,7 @@ def test_max_steps_inside_a_group_stops_there(max_steps, lr_scheduler):
     _assert_same_training(grouped, single)
 
 
+@pytest.mark.usefixtures("step_path")
 @pytest.mark.parametrize("limit", [5, 7, 0.5])
 def test_limit_train_batches_counts_batches_not_groups(limit):
     step_lr = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": 0.7}}
@@ -305,6 +321,7 @@ def _fit_foreign(steps: int, **kwargs) -> tuple:
     return _fit(steps, model=model, validate=True, **kwargs)
 
 
+@pytest.mark.usefixtures("step_path")
 @pytest.mark.parametrize(
     "trainer_kwargs", [{}, {"max_steps": 13}, {"limit_train_batches": 8}], ids=["epochs", "max_steps", "limit"]
 )
@@ -322,6 +339,7 @@ class ForeignModuleWithBatchHook(ForeignModule):
         return images.flip(-1), labels  # a mirror "augmentation": every batch must go through it
 
 
+@pytest.mark.usefixtures("step_path")
 def test_foreign_module_batch_transfer_hooks_see_every_batch():
     pl.seed_everything(11, verbose=False)
     single = _fit(1, model=ForeignModuleWithBatchHook(), validate=True)
@@ -355,6 +373,7 @@ class RecordLoggedSteps(pl.loggers.Logger):
         self.received.append((step, dict(metrics)))
 
 
+@pytest.mark.usefixtures("step_path")
 def test_loggers_receive_the_same_step_and_epoch_metrics():
     loggers = {steps: RecordLoggedSteps() for steps in (1, K)}
     for steps, logger in loggers.items():
@@ -389,6 +408,7 @@ class CountHooks(Callback):
         self.last_batch_flags.append(trainer.is_last_batch)
 
 
+@pytest.mark.usefixtures("step_path")
 def test_step_hooks_run_per_optimizer_step_and_batch_hooks_per_group():
     single_hooks, grouped_hooks = CountHooks(), CountHooks()
     _, single = _fit(1, max_epochs=2, callbacks=[single_hooks])
@@ -404,6 +424,7 @@ def test_step_hooks_run_per_optimizer_step_and_batch_hooks_per_group():
     assert single_hooks.last_batch_flags == ([False] * 10 + [True]) * 2
 
 
+@pytest.mark.usefixtures("step_path")
 @pytest.mark.parametrize(
     "clipping",
     [{"mode": "norm", "max_norm": 0.05}, {"mode": "autoclip", "autoclip_percentile": 10.0}],
@@ -444,6 +465,7 @@ class WeightsAtGroupStart(Callback):
         self.weights.append({name: tensor.clone() for name, tensor in pl_module.state_dict().items()})
 
 
+@pytest.mark.usefixtures("step_path")
 def test_nan_guard_skips_the_rest_of_the_group_then_rolls_back(caplog, monkeypatch):
     """Batch 5 (the second of group 2) is NaN: batch 6 is skipped too, and group 2 is undone."""
     pl.seed_everything(7, verbose=False)
@@ -459,6 +481,146 @@ def test_nan_guard_skips_the_rest_of_the_group_then_rolls_back(caplog, monkeypat
     _assert_same_tensors(starts.weights[2], starts.weights[1])  # group 2 left no trace
     assert not torch.equal(starts.weights[3]["net.mlp.layers.1.weight"], starts.weights[2]["net.mlp.layers.1.weight"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# -- the direct step of a group's followers, and Lightning's own where it does not apply ---------------------
+
+
+@pytest.fixture
+def lightning_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the batch index of each batch that Lightning's automatic optimization runs."""
+    calls: list[int] = []
+    run = _AutomaticOptimization.run
+
+    def counted(self, optimizer, batch_idx, kwargs):
+        calls.append(batch_idx)
+        return run(self, optimizer, batch_idx, kwargs)
+
+    monkeypatch.setattr(_AutomaticOptimization, "run", counted)
+    return calls
+
+
+@pytest.mark.parametrize("model", [_model, ForeignModule], ids=["MNISTClassifier", "foreign"])
+def test_followers_take_the_direct_step_in_the_plain_case(model, lightning_steps):
+    pl.seed_everything(11, verbose=False)
+    _fit(K, model=model(), max_epochs=1)
+    assert lightning_steps == [0, 3, 6, 9], "Lightning's own step for each group's first batch only"
+
+
+class OwnOptimizerStep(ForeignModule):
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure):
+        optimizer.step(closure=optimizer_closure)
+
+
+class OwnGradientClipping(ForeignModule):
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        self.clip_gradients(optimizer, gradient_clip_val=0.5, gradient_clip_algorithm="norm")
+
+
+@pytest.mark.parametrize(
+    "module, trainer_kwargs",
+    [
+        (OwnOptimizerStep, {}),
+        (OwnGradientClipping, {}),
+        (ForeignModule, {"profiler": "simple"}),
+        (ForeignModule, {"precision": "bf16-mixed"}),
+        (ForeignModule, {"precision": "64-true"}),
+    ],
+    ids=["optimizer_step", "configure_gradient_clipping", "profiler", "bf16-mixed", "64-true"],
+)
+def test_anything_but_the_plain_case_keeps_lightnings_step_for_every_batch(module, trainer_kwargs, lightning_steps):
+    def fit(steps: int) -> tuple:
+        pl.seed_everything(11, verbose=False)
+        return _fit(steps, model=module(), validate=True, **trainer_kwargs)
+
+    single = fit(1)
+    lightning_steps.clear()
+    grouped = fit(K)
+    assert lightning_steps == list(range(11)) * 3
+    _assert_same_training(grouped, single)
+
+
+@pytest.mark.usefixtures("step_path")
+def test_an_optimizer_that_evaluates_the_closure_several_times_trains_bitwise_alike():
+    """LBFGS runs the closure up to ``max_iter`` times a step: each run has the step's hooks, as in Lightning."""
+    lbfgs = {"class_path": "torch.optim.LBFGS", "init_args": {"lr": 0.1, "max_iter": 3}}
+    hooks = {steps: CountHooks() for steps in (1, K)}
+    single = _fit(1, optimizer=lbfgs, max_epochs=1, callbacks=[hooks[1]])
+    grouped = _fit(K, optimizer=lbfgs, max_epochs=1, callbacks=[hooks[K]])
+    assert hooks[K].counts == hooks[1].counts | {"on_train_batch_end": 4}
+    assert single[1].global_step == 11 and hooks[1].counts["on_before_backward"] > 11
+    _assert_same_training(grouped, single)
+
+
+class RecordStepHooks(Callback):
+    """Records, in call order, the hooks of each optimizer step: callback's and module's, with what they see."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.batch_end_losses: dict[int, float] = {}
+
+    def record(self, source: str, hook: str, trainer: pl.Trainer, pl_module: pl.LightningModule, *seen) -> None:
+        self.calls.append(
+            (source, hook, trainer.global_step, pl_module._current_fx_name, torch.is_grad_enabled(), *seen)
+        )
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:
+        self.record("callback", "on_before_zero_grad", trainer, pl_module, type(optimizer).__name__)
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.record("callback", "on_before_backward", trainer, pl_module, loss.item(), loss.requires_grad)
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.record("callback", "on_after_backward", trainer, pl_module, pl_module.layer.weight.grad.sum().item())
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.record("callback", "on_before_optimizer_step", trainer, pl_module, type(optimizer).__name__)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batch_end_losses[trainer.global_step] = outputs["loss"].item()
+
+
+class RecordingModule(ForeignModule):
+    """ForeignModule, whose step hooks and ``training_step`` write into the callback's record."""
+
+    def __init__(self, record: RecordStepHooks) -> None:
+        super().__init__()
+        self.record = record
+
+    def training_step(self, batch, batch_idx):
+        self.record.record("module", "training_step", self.trainer, self, batch_idx)
+        return super().training_step(batch, batch_idx)
+
+    def on_before_zero_grad(self, optimizer) -> None:
+        self.record.record("module", "on_before_zero_grad", self.trainer, self, type(optimizer).__name__)
+
+    def on_before_backward(self, loss) -> None:
+        self.record.record("module", "on_before_backward", self.trainer, self, loss.item())
+
+    def on_after_backward(self) -> None:
+        self.record.record("module", "on_after_backward", self.trainer, self)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.record.record("module", "on_before_optimizer_step", self.trainer, self, type(optimizer).__name__)
+
+
+def test_the_direct_step_calls_the_hooks_of_each_step_as_lightning_does(lightning_steps):
+    records = {}
+    for steps in (1, K):
+        records[steps] = RecordStepHooks()
+        pl.seed_everything(11, verbose=False)
+        _fit(steps, model=RecordingModule(records[steps]), callbacks=[records[steps]], max_epochs=2)
+    assert lightning_steps[22:] == [0, 3, 6, 9] * 2, "the followers took the direct step"
+    calls = records[1].calls
+    assert len(calls) == 22 * 9 and calls[:2] == [
+        ("module", "training_step", 0, "training_step", True, 0),
+        ("callback", "on_before_zero_grad", 0, "on_before_zero_grad", True, "AdamW"),
+    ]
+    assert records[K].calls == calls
+    # A group's outputs are its last batch's: the loss Lightning's step gave that batch.
+    assert records[K].batch_end_losses == {
+        step: records[1].batch_end_losses[step] for step in (3, 6, 9, 11, 14, 17, 20, 22)
+    }
 
 
 # -- misuse ------------------------------------------------------------------------------------
@@ -509,6 +671,7 @@ class SaveAtStep(Callback):
             trainer.save_checkpoint(self.path)
 
 
+@pytest.mark.usefixtures("step_path")
 @pytest.mark.parametrize("first, second", [(K, K), (K, 1), (1, K), (K, 2)])
 def test_resume_mid_epoch_with_any_group_size_trains_bitwise_alike(first, second, tmp_path):
     exponential = {
@@ -537,6 +700,7 @@ def _error_paragraph(result) -> str:
     return line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, option",
     [
@@ -594,6 +758,7 @@ def _cli_fits(mnist_dir: Path, root: Path, *extra: str) -> tuple[dict, dict]:
     return grouped, single
 
 
+@pytest.mark.slow
 def test_cli_fit_with_groups_saves_the_weights_of_single_batches(mnist_dir, tmp_path):
     # One epoch of 750 batches: groups of 4 leave a last group of 2.
     grouped, single = _cli_fits(mnist_dir, tmp_path, "--trainer.max_epochs", "1")
@@ -603,6 +768,7 @@ def test_cli_fit_with_groups_saves_the_weights_of_single_batches(mnist_dir, tmp_
     assert grouped["lr_schedulers"] == single["lr_schedulers"]
 
 
+@pytest.mark.slow
 def test_cli_limit_train_batches_counts_batches_not_groups(mnist_dir, tmp_path):
     """`--trainer.limit_train_batches 10` trains on 10 batches whatever the group size, as Keras' steps_per_epoch."""
     grouped, single = _cli_fits(mnist_dir, tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "10")
@@ -611,20 +777,6 @@ def test_cli_limit_train_batches_counts_batches_not_groups(mnist_dir, tmp_path):
 
 
 # -- DDP: two CPU processes (gloo) --------------------------------------------------------------
-
-
-class DumpWeights(Callback):
-    """Writes, per rank, the weights and the global step at the end of fit."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.out_dir = Path(out_dir)
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        weights = {name: tensor.clone() for name, tensor in pl_module.state_dict().items()}
-        torch.save(
-            {"global_step": trainer.global_step, "weights": weights}, self.out_dir / f"rank{trainer.global_rank}.pt"
-        )
 
 
 def _ddp_fit(mnist_dir: Path, root: Path, steps: int) -> list[dict]:
@@ -652,7 +804,7 @@ def _ddp_fit(mnist_dir: Path, root: Path, steps: int) -> list[dict]:
         "1",
         "--trainer.callbacks.steps",
         str(steps),
-        "--trainer.callbacks+=tests.test_steps_per_execution.DumpWeights",
+        "--trainer.callbacks+=tests.helpers.cli_callbacks.DumpWeights",
         "--trainer.callbacks.out_dir",
         str(root / "ranks"),
     )
@@ -660,6 +812,7 @@ def _ddp_fit(mnist_dir: Path, root: Path, steps: int) -> list[dict]:
     return [torch.load(root / "ranks" / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
 
 
+@pytest.mark.slow
 def test_ddp_groups_train_like_single_batches_on_every_rank(mnist_dir, tmp_path):
     grouped = _ddp_fit(mnist_dir, tmp_path / "k4", 4)
     single = _ddp_fit(mnist_dir, tmp_path / "k1", 1)
@@ -684,6 +837,7 @@ class RecordBar(Callback):
         self.seen.append((task.completed, task.total))
 
 
+@pytest.mark.usefixtures("step_path")
 @pytest.mark.parametrize(("steps", "expected"), [(1, list(range(1, 12))), (K, [3, 6, 9, 11]), (4, [4, 8, 11])])
 def test_progress_bar_counts_batches_not_groups(steps, expected):
     record = RecordBar()

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 
 
 class DumpRankState(pl.Callback):
@@ -47,3 +48,17 @@ class PauseForSignal(pl.Callback):
         deadline = time.monotonic() + 60
         while self.marker.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+class DumpWeights(pl.Callback):
+    """Writes, per rank, the weights and the global step at the end of fit."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        weights = {name: tensor.clone() for name, tensor in pl_module.state_dict().items()}
+        torch.save(
+            {"global_step": trainer.global_step, "weights": weights}, self.out_dir / f"rank{trainer.global_rank}.pt"
+        )
