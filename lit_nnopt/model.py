@@ -34,7 +34,6 @@ def describe(net: nn.Module) -> dict[str, Any]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(net, "init_args", {}))}
 
 
-
 def _instantiate(args: Any, config: dict[str, Any]) -> Any:
     """``class_path(*args, **init_args)`` of a ``{"class_path": ..., "init_args": ...}`` dict.
 
@@ -43,6 +42,7 @@ def _instantiate(args: Any, config: dict[str, Any]) -> Any:
     module_name, class_name = config["class_path"].rsplit(".", 1)
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(*(args if isinstance(args, tuple) else (args,)), **config.get("init_args", {}))
+
 
 class MeanLoss(Metric):
     """The sample-weighted mean of per-batch mean losses over an epoch, synchronized under DDP."""
