@@ -68,10 +68,11 @@ class Split:
     val_y: torch.Tensor
 
 
-def load_split(data_dir: str, device: torch.device, seed: int = 42) -> Split:
-    """The training file split 48,000 / 12,000 by a seeded permutation, standardized, placed on ``device`` once.
+def load_split(data_dir: str, device: torch.device, seed: int = 42, standardize: bool = True) -> Split:
+    """The training file split 48,000 / 12,000 by a seeded permutation, as float, placed on ``device`` once.
 
-    Standardized as ``data.standardize: true`` does: zero mean, unit variance over the training part.
+    Pixels are scaled to [0, 1], then, with ``standardize``, standardized as ``data.standardize:
+    true`` does: zero mean, unit variance over the training part.
     """
     import torch
 
@@ -82,8 +83,8 @@ def load_split(data_dir: str, device: torch.device, seed: int = 42) -> Split:
     labels = parse_idx(read_bytes(raw / _MNIST_FILES[1])).to(device).long()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(device)
     val, train = order[:12000], order[12000:]
-    mean, std = images[train].mean(), images[train].std()
-    images = (images - mean) / std
+    if standardize:
+        images = (images - images[train].mean()) / images[train].std()
     return Split(images[train], labels[train], images[val], labels[val])
 
 
@@ -154,12 +155,16 @@ def run_reference(
     The same work as lit_nnopt's run: the MLP with Keras' initialisation, fused Adam (lit_nnopt
     asks for ``fused=True`` by default) at lr 0.002, decayed by 0.85 per epoch, standardized
     inputs, batch 64. The split is placed on the device as float once, before training. It
-    imports neither Lightning nor lit_nnopt's Lightning parts: only the IDX reader and the MLP.
+    imports neither Lightning nor lit_nnopt's Lightning parts: only the IDX reader, the MLP and
+    the thread rule the CLI follows (fewer torch threads on a busy machine), so both sides
+    run with the same threads.
     """
     import torch
 
+    from lit_nnopt.app.environment import fit_threads_to_free_cpus
     from lit_nnopt.networks import MLP
 
+    fit_threads_to_free_cpus()
     device = torch_device(accelerator)
     torch.manual_seed(0)
     split = load_split(data_dir, device)
