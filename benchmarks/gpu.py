@@ -283,14 +283,18 @@ def cnn_reference(args: argparse.Namespace) -> None:
     args.result.write_text(json.dumps({"epoch_seconds": epoch_seconds, "val_acc": val_acc}))
 
 
+def bench_size(seconds_left: float, dry_run: bool = False) -> dict[str, Any] | None:
+    """The largest benchmark size expected to fit in ``seconds_left``; None if none does."""
+    sizes = [DRY_BENCH] if dry_run else BENCH_SIZES
+    return next((size for size, estimate in sizes if estimate <= seconds_left), None)
+
+
 def bench(args: argparse.Namespace, run: Runner, out: Path) -> dict[str, Any]:
     """``python -m lit_nnopt bench --accelerator ...`` at the largest size that fits in the time left."""
-    if args.dry_run:
-        size, estimate = DRY_BENCH
-    else:
-        size, estimate = next(((s, e) for s, e in BENCH_SIZES if e <= run.budget.left()), BENCH_SIZES[-1])
-    if estimate > run.budget.left():
-        return {"skipped": [f"the smallest size needs {estimate} s, {run.budget.left():.0f} s left"]}
+    size = bench_size(run.budget.left(), args.dry_run)
+    if size is None:
+        print(f"bench: skipped ({run.budget.left():.0f} s left)", flush=True)
+        return {"skipped": [f"the smallest size needs {BENCH_SIZES[-1][1]} s, {run.budget.left():.0f} s left"]}
     command = [sys.executable, "-m", "lit_nnopt", "bench", "--accelerator", args.accelerator, "--data-dir"]
     command += [args.data_dir, "--json", str(out / "bench.json")]
     command += ["--epochs", str(size["epochs"]), "--repeats", str(size["repeats"])]
