@@ -362,7 +362,7 @@ def render_markdown(record: dict[str, Any]) -> str:
         f"- command: `{record['command']}` ({record['seconds_used']:.0f} s of a {record['budget_seconds']:.0f} s "
         "budget)",
         f"- commit: {record['commit']}" + (" with uncommitted changes" if record["uncommitted_changes"] else ""),
-        f"- GPUs: {gpus}; driver {m['driver']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}",
+        f"- GPUs: {gpus}; driver {m['driver'] or '-'}, CUDA {m['cuda'] or '-'}, cuDNN {m['cudnn'] or '-'}",
         f"- torch {m['torch']}, Lightning {m['lightning']}, Python {m['python']}; CPU {m['cpu']} ({m['cpu_count']})",
         "",
     ]
@@ -395,7 +395,7 @@ def _speedrun_markdown(stage: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"Test accuracy: mean {_fmt(stage['test_acc_mean'], 4)}, lowest {_fmt(stage['test_acc_min'], 4)} "
-        f"({stage['seeds_tested']} seeds). Training: mean {_fmt(stage['training_seconds_mean'], 3)} s, "
+        f"({stage['seeds_tested']} seed(s)). Training: mean {_fmt(stage['training_seconds_mean'], 3)} s, "
         f"longest {_fmt(stage['training_seconds_max'], 3)} s. Fit, whole process: cold "
         f"{_fmt(stage['cold_fit_process_seconds'], 1)} s, warm {_fmt(stage['warm_fit_process_seconds_median'], 1)} s "
         "(median).",
