@@ -97,6 +97,7 @@ def train_by_hand(
     epoch_scheduler: Any = None,
     step_scheduler: Any = None,
     limit_batches: int | None = None,
+    limit_val_batches: int | None = None,
 ) -> tuple[list[float], float]:
     """An expert's loop on tensors already on the device: seconds per epoch (validation included), last val_acc.
 
@@ -124,9 +125,9 @@ def train_by_hand(
             epoch_scheduler.step()
         net.eval()
         with torch.no_grad():
-            batches = zip(split.val_x.split(1000), split.val_y.split(1000), strict=True)
+            batches = list(zip(split.val_x.split(1000), split.val_y.split(1000), strict=True))[:limit_val_batches]
             correct = sum((net(x).argmax(1) == y).sum() for x, y in batches)
-        accuracy = correct.item() / len(split.val_y)
+        accuracy = correct.item() / sum(len(y) for _, y in batches)
         print(f"val_acc {accuracy:.4f}", file=sys.stderr)
         _synchronize(device)
         stamps.append(time.perf_counter())
