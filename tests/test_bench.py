@@ -1,14 +1,18 @@
-"""The benchmark README quotes runs end to end and reports what it says it does."""
+"""The benchmark runs end to end, reports what it says it does, and refuses what it cannot do clearly."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from lit_nnopt.app.bench import whole_process_seconds_per_epoch
+import pytest
+
+from lit_nnopt.app import bench
+from lit_nnopt.app.bench import medians, whole_process_seconds_per_epoch
 from tests.helpers import REPO
 
 
@@ -17,7 +21,56 @@ def test_whole_process_figure_is_the_cost_of_each_epoch_after_the_first():
     assert whole_process_seconds_per_epoch(5 + 1 + 3 * 1.5, 5 + 1, epochs=4) == 1.5
 
 
-def test_bench_runs_every_runner_and_prints_ratios_to_the_reference(mnist_dir: Path) -> None:
+def test_medians_skip_the_first_epoch_and_divide_by_the_reference():
+    def run(epochs: list[float], wall: float) -> dict:
+        return {"epoch_seconds": epochs, "wall_seconds": wall, "peak_rss_mb": 900.0}
+
+    reports = {"reference": [run([9.0, 1.0, 1.0], 10.0)], "lit_nnopt": [run([9.0, 2.0, 2.0], 20.0)]}
+    one_epoch = {"reference": [run([9.0], 8.0)], "lit_nnopt": [run([9.0], 16.0)]}
+    figures = medians(reports, one_epoch, epochs=3)
+    assert figures["reference"]["in_fit_seconds_per_epoch"] == 1.0
+    assert figures["lit_nnopt"]["in_fit_ratio"] == 2.0
+    assert figures["lit_nnopt"]["whole_process_seconds_per_epoch"] == 2.0
+    assert figures["lit_nnopt"]["whole_process_ratio"] == 2.0
+
+
+def test_gpu_without_cuda_is_one_paragraph_that_says_what_to_do(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        bench.check_accelerator("gpu")
+    message = str(exit_.value.code)
+    assert "--accelerator gpu needs a CUDA GPU" in message and "leave out --accelerator" in message
+    assert "\n" not in message
+
+
+def test_missing_data_is_refused_before_any_run(tmp_path: Path):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--data-dir", str(tmp_path), "--epochs", "2"])
+    assert "Give --data-dir" in str(exit_.value.code) and str(tmp_path) in str(exit_.value.code)
+
+
+def test_default_data_dir_is_the_first_that_holds_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIT_NNOPT_DATA_DIR", raising=False)
+    assert bench.default_data_dir() == "../shared/data"  # nothing anywhere: the project's usual place
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte.gz").touch()
+    assert bench.default_data_dir() == "data"
+
+
+def test_the_config_is_found_from_the_repository_and_refused_clearly_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    assert bench.adam_config() == REPO / "configs" / "adam.yaml"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "__file__", str(tmp_path / "site-packages" / "lit_nnopt" / "app" / "bench.py"))
+    with pytest.raises(SystemExit, match="Run it from the root of a clone"):
+        bench.adam_config()
+
+
+@pytest.mark.slow  # six processes that train on the real MNIST
+def test_bench_runs_every_runner_and_prints_ratios_to_the_reference(mnist_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
     result = subprocess.run(
         [
@@ -31,6 +84,8 @@ def test_bench_runs_every_runner_and_prints_ratios_to_the_reference(mnist_dir: P
             "--repeats",
             "1",
             "--skip-usual",
+            "--json",
+            str(tmp_path / "bench.json"),
         ],
         cwd=REPO,
         env=env,
@@ -52,3 +107,8 @@ def test_bench_runs_every_runner_and_prints_ratios_to_the_reference(mnist_dir: P
     assert "usual Lightning" not in result.stdout
     assert re.search(r"lit_nnopt: \d+\.\d s from process start to the first training step", result.stdout)
     assert re.search(r"`python -m lit_nnopt --help`: \d+\.\d s", result.stdout)
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert record["accelerator"] == "cpu" and set(record["medians"]) == {"reference", "lit_nnopt", "lit_nnopt_1_step"}
+    for runner, figures in record["medians"].items():
+        assert len(record["runs"][runner]["epochs"][0]["epoch_seconds"]) == 2
+        assert abs(figures["in_fit_seconds_per_epoch"] - rows[bench.LABELS[runner]][0]) < 0.001

@@ -16,6 +16,7 @@ _EXPORTS = {
     "PredictionWriter": "lit_nnopt.app.predictions",
     "RunPictures": "lit_nnopt.app.plots",
     "RunSummary": "lit_nnopt.app.reports",
+    "TrainingClock": "lit_nnopt.app.training_clock",
 }
 __all__ = sorted(_EXPORTS)  # provided by __getattr__
 

@@ -1,13 +1,20 @@
 """Per-epoch speed of lit_nnopt against a hand-written PyTorch loop and the usual Lightning recipe.
 
-    python -m lit_nnopt.app.bench --data-dir ../shared/data [--epochs 4] [--repeats 3]
+    python -m lit_nnopt bench [--data-dir ../shared/data] [--epochs 4] [--repeats 3]
+        [--accelerator cpu|gpu] [--json PATH]
 
 All train the tutorial's MLP (784-128-10, dropout 0.2, Adam, batch 64) on the same 48,000 /
 12,000 split of the real MNIST and validate after every epoch: the hand-written reference,
 ``configs/adam.yaml`` as shipped (``StepsPerExecution(steps=32)``), the same config with one
-batch per Lightning step, and the usual torchvision-plus-DataLoader recipe. Each run is its
-own process; runs alternate (reference, lit_nnopt, ..., reference, ...) so that a busy
-machine slows them all alike.
+batch per Lightning step, and the usual torchvision-plus-DataLoader recipe. The reference
+does the same work as ``adam.yaml`` (Keras' initialisation, fused Adam at lr 0.002 with its
+decay, standardized inputs). Each run is its own process; runs alternate (reference,
+lit_nnopt, ..., reference, ...) so that a busy machine slows them all alike.
+
+``--accelerator gpu`` runs every one of them on the same GPU: the reference keeps the split
+on the device as float and reads the clock after ``torch.cuda.synchronize()``, lit_nnopt gets
+``--trainer.accelerator gpu --trainer.devices 1`` and the usual recipe
+``Trainer(accelerator="gpu", devices=1)``.
 
 Two figures per run, both medians over the repeats:
 - in fit: an epoch's time from the end of one epoch's validation to the end of the next
@@ -23,13 +30,19 @@ import argparse
 import gzip
 import itertools
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where it is used: `bench --help` starts at once
+    import torch
 
 RUNNERS = ("reference", "lit_nnopt", "lit_nnopt_1_step", "usual")
 LABELS = {
@@ -38,50 +51,150 @@ LABELS = {
     "lit_nnopt_1_step": "... 1 batch per step",
     "usual": "usual Lightning",
 }
+ACCELERATORS = ("cpu", "gpu")
 _RESULT = "runner result: "  # marks the line a runner process reports on; others may print too
 _EXTRA: dict[str, float] = {}  # what a runner measures besides epoch times
+_DATA_DIRS = ("../shared/data", "shared/data", "data")  # the project's shared copy, then a checkout's own
+_MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 
 
-def run_reference(data_dir: str, epochs: int) -> list[float]:
-    """A minimal hand-written loop on in-memory tensors: what an expert writes without a framework.
+@dataclass
+class Split:
+    """The tutorial's 48,000 / 12,000 split of MNIST's training file, as float tensors on one device."""
 
-    The data is converted to float once, before training, and validated in batches of 1,000
-    (lit_nnopt's ``eval_batch_size``). It imports neither Lightning nor lit_nnopt's Lightning
-    parts: only the IDX reader and the MLP.
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+
+def load_split(data_dir: str, device: torch.device, seed: int = 42, standardize: bool = True) -> Split:
+    """The training file split 48,000 / 12,000 by a seeded permutation, as float, placed on ``device`` once.
+
+    Pixels are scaled to [0, 1], then, with ``standardize``, standardized as ``data.standardize:
+    true`` does: zero mean, unit variance over the training part.
+    """
+    import torch
+
+    from lit_nnopt.idx import parse_idx, read_bytes
+
+    raw = Path(data_dir) / "MNIST" / "raw"
+    images = parse_idx(read_bytes(raw / _MNIST_FILES[0])).unsqueeze(1).to(device).float().div_(255)
+    labels = parse_idx(read_bytes(raw / _MNIST_FILES[1])).to(device).long()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(device)
+    val, train = order[:12000], order[12000:]
+    if standardize:
+        images = (images - images[train].mean()) / images[train].std()
+    return Split(images[train], labels[train], images[val], labels[val])
+
+
+def train_by_hand(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    split: Split,
+    epochs: int,
+    batch_size: int,
+    epoch_scheduler: Any = None,
+    step_scheduler: Any = None,
+    limit_batches: int | None = None,
+    limit_val_batches: int | None = None,
+) -> tuple[list[float], float]:
+    """An expert's loop on tensors already on the device: seconds per epoch (validation included), last val_acc.
+
+    Batches are index tensors into the split, drawn on its device; validation runs in batches of
+    1,000 (lit_nnopt's ``eval_batch_size``) and syncs with the host once per epoch, and the
+    clock is read only after ``torch.cuda.synchronize()`` on a GPU.
     """
     import torch
     from torch.nn import functional as F
 
-    from lit_nnopt.idx import parse_idx, read_bytes
-    from lit_nnopt.networks import MLP
-
-    torch.manual_seed(0)
-    raw = Path(data_dir) / "MNIST" / "raw"
-    images = parse_idx(read_bytes(raw / "train-images-idx3-ubyte.gz")).unsqueeze(1).float() / 255
-    labels = parse_idx(read_bytes(raw / "train-labels-idx1-ubyte.gz")).long()
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(42))
-    val_x, val_y = images[order[:12000]], labels[order[:12000]]
-    train_x, train_y = images[order[12000:]], labels[order[12000:]]
-    net = MLP([128], dropout=0.2)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    device = split.train_x.device
+    _synchronize(device)
     stamps = [time.perf_counter()]
+    accuracy = 0.0
     for _ in range(epochs):
         net.train()
-        for index in torch.randperm(len(train_y)).split(64):
-            loss = F.cross_entropy(net(train_x[index]), train_y[index])
-            optimizer.zero_grad()
+        for index in torch.randperm(len(split.train_y), device=device).split(batch_size)[:limit_batches]:
+            loss = F.cross_entropy(net(split.train_x[index]), split.train_y[index])
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if step_scheduler is not None:
+                step_scheduler.step()
+        if epoch_scheduler is not None:
+            epoch_scheduler.step()
         net.eval()
         with torch.no_grad():
-            batches = zip(val_x.split(1000), val_y.split(1000), strict=True)
+            batches = list(zip(split.val_x.split(1000), split.val_y.split(1000), strict=True))[:limit_val_batches]
             correct = sum((net(x).argmax(1) == y).sum() for x, y in batches)
-        print(f"val_acc {correct.item() / len(val_y):.4f}", file=sys.stderr)
+        accuracy = correct.item() / sum(len(y) for _, y in batches)
+        print(f"val_acc {accuracy:.4f}", file=sys.stderr)
+        _synchronize(device)
         stamps.append(time.perf_counter())
-    return [b - a for a, b in itertools.pairwise(stamps)]
+    return [b - a for a, b in itertools.pairwise(stamps)], accuracy
 
 
-def run_lit_nnopt(data_dir: str, epochs: int, *overrides: str) -> list[float]:
+def _synchronize(device: torch.device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def torch_device(accelerator: str) -> torch.device:
+    """``cpu`` or ``gpu`` (the current CUDA device) as a torch device."""
+    import torch
+
+    return torch.device("cuda" if accelerator == "gpu" else "cpu")
+
+
+def run_reference(
+    data_dir: str, epochs: int, accelerator: str = "cpu", limit_batches: int | None = None
+) -> list[float]:
+    """A minimal hand-written loop of ``configs/adam.yaml``'s recipe: what an expert writes without a framework.
+
+    The same work as lit_nnopt's run: the MLP with Keras' initialisation, fused Adam (lit_nnopt
+    asks for ``fused=True`` by default) at lr 0.002, decayed by 0.85 per epoch, standardized
+    inputs, batch 64. The split is placed on the device as float once, before training. It
+    imports neither Lightning nor lit_nnopt's Lightning parts: only the IDX reader, the MLP and
+    the thread rule the CLI follows (fewer torch threads on a busy machine), so both sides
+    run with the same threads.
+    """
+    import torch
+
+    from lit_nnopt.app.environment import fit_threads_to_free_cpus
+    from lit_nnopt.networks import MLP
+
+    fit_threads_to_free_cpus()
+    device = torch_device(accelerator)
+    torch.manual_seed(0)
+    split = load_split(data_dir, device)
+    net = MLP([128], dropout=0.2, init="keras").to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.002, fused=True)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.85)
+    epoch_seconds, _ = train_by_hand(net, optimizer, split, epochs, 64, scheduler, limit_batches=limit_batches)
+    return epoch_seconds
+
+
+def adam_config() -> Path:
+    """``configs/adam.yaml`` of the repository this package runs from, or of the working directory.
+
+    Raises:
+        SystemExit: neither has it, as for a package installed from a wheel.
+    """
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if (root / "configs" / "adam.yaml").is_file():
+            return root / "configs" / "adam.yaml"
+    raise SystemExit(
+        "lit_nnopt bench: error: the benchmark trains configs/adam.yaml, which comes with a clone of the "
+        "lit_nnopt repository, not with the installed package, and there is none beside this package or in "
+        f"the working directory ({Path.cwd()}). Run it from the root of a clone."
+    )
+
+
+def run_lit_nnopt(
+    data_dir: str, epochs: int, accelerator: str = "cpu", limit_batches: int | None = None, *overrides: str
+) -> list[float]:
     """``python -m lit_nnopt fit --config configs/adam.yaml`` with its defaults: progress bar, checkpoints, logging."""
     import lightning.pytorch as pl
 
@@ -95,18 +208,24 @@ def run_lit_nnopt(data_dir: str, epochs: int, *overrides: str) -> list[float]:
             self.at = self.at or time.time()
 
     clock = FirstStepClock()
+    limit = ["--trainer.limit_train_batches", str(limit_batches)] if limit_batches else []
     with tempfile.TemporaryDirectory() as root:
         cli = LitNNOptCLI(
             args=[
                 "fit",
                 "--config",
-                str(Path(__file__).parents[1] / "configs" / "adam.yaml"),
+                str(adam_config()),
                 "--data.data_dir",
                 data_dir,
                 "--trainer.max_epochs",
                 str(epochs),
                 "--trainer.default_root_dir",
                 root,
+                "--trainer.accelerator",
+                accelerator,
+                "--trainer.devices",
+                "1",
+                *limit,
                 *overrides,
             ],
             trainer_defaults={"callbacks": [clock]},
@@ -117,12 +236,14 @@ def run_lit_nnopt(data_dir: str, epochs: int, *overrides: str) -> list[float]:
     return [b - a for a, b in itertools.pairwise(stamps)]
 
 
-def run_lit_nnopt_1_step(data_dir: str, epochs: int) -> list[float]:
+def run_lit_nnopt_1_step(
+    data_dir: str, epochs: int, accelerator: str = "cpu", limit_batches: int | None = None
+) -> list[float]:
     """The same, with Lightning's own loop taking one batch per training step."""
-    return run_lit_nnopt(data_dir, epochs, "--trainer.callbacks.steps", "1")
+    return run_lit_nnopt(data_dir, epochs, accelerator, limit_batches, "--trainer.callbacks.steps", "1")
 
 
-def run_usual(data_dir: str, epochs: int) -> list[float]:
+def run_usual(data_dir: str, epochs: int, accelerator: str = "cpu", limit_batches: int | None = None) -> list[float]:
     """The usual recipe: torchvision ``MNIST``, ``ToTensor`` and ``Normalize``, a ``DataLoader``, a default Trainer."""
     import lightning.pytorch as pl
     import torch
@@ -170,23 +291,43 @@ def run_usual(data_dir: str, epochs: int) -> list[float]:
         full = datasets.MNIST(root, train=True, transform=transform)
         train, val = random_split(full, [48000, 12000], generator=torch.Generator().manual_seed(0))
         clock = EpochClock()
-        trainer = pl.Trainer(max_epochs=epochs, default_root_dir=root, callbacks=[clock], num_sanity_val_steps=0)
+        trainer = pl.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            max_epochs=epochs,
+            limit_train_batches=limit_batches,
+            default_root_dir=root,
+            callbacks=[clock],
+            num_sanity_val_steps=0,
+        )
         trainer.fit(Classifier(), DataLoader(train, batch_size=64, shuffle=True), DataLoader(val, batch_size=64))
     return [b - a for a, b in itertools.pairwise(clock.stamps)]
 
 
-def _run_in_subprocess(runner: str, data_dir: str, epochs: int) -> dict:
+RUNNER_FUNCTIONS = {
+    "reference": run_reference,
+    "lit_nnopt": run_lit_nnopt,
+    "lit_nnopt_1_step": run_lit_nnopt_1_step,
+    "usual": run_usual,
+}
+
+
+def _run_in_subprocess(runner: str, args: argparse.Namespace, epochs: int) -> dict:
     command = [
         sys.executable,
         "-m",
         "lit_nnopt.app.bench",
         "--data-dir",
-        data_dir,
+        args.data_dir,
         "--epochs",
         str(epochs),
+        "--accelerator",
+        args.accelerator,
         "--only",
         runner,
     ]
+    if args.limit_batches:
+        command += ["--limit-batches", str(args.limit_batches)]
     launched_at = time.time()
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -206,31 +347,121 @@ def whole_process_seconds_per_epoch(wall_seconds: float, one_epoch_wall_seconds:
     return (wall_seconds - one_epoch_wall_seconds) / (epochs - 1)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default="../shared/data", help="folder holding MNIST (raw or .gz IDX files)")
+def medians(reports: dict[str, list[dict]], one_epoch: dict[str, list[dict]], epochs: int) -> dict[str, dict]:
+    """Per runner: the in-fit and whole-process seconds per epoch (medians), their ratios to the reference, peak RSS."""
+    figures = {}
+    for runner in reports:
+        in_fit = statistics.median(t for report in reports[runner] for t in report["epoch_seconds"][1:])
+        whole = statistics.median(
+            whole_process_seconds_per_epoch(long["wall_seconds"], short["wall_seconds"], epochs)
+            for long, short in zip(reports[runner], one_epoch[runner], strict=True)
+        )
+        figures[runner] = {
+            "in_fit_seconds_per_epoch": in_fit,
+            "whole_process_seconds_per_epoch": whole,
+            "peak_rss_mb": max(report["peak_rss_mb"] for report in reports[runner]),
+        }
+    for row in figures.values():
+        row["in_fit_ratio"] = row["in_fit_seconds_per_epoch"] / figures["reference"]["in_fit_seconds_per_epoch"]
+        row["whole_process_ratio"] = (
+            row["whole_process_seconds_per_epoch"] / figures["reference"]["whole_process_seconds_per_epoch"]
+        )
+    return figures
+
+
+def check_accelerator(accelerator: str) -> str:
+    """The name of the device the runs will use.
+
+    Raises:
+        SystemExit: ``gpu`` was asked for and torch sees no CUDA GPU.
+    """
+    import torch
+
+    if accelerator == "cpu":
+        return cpu_name()
+    if not torch.cuda.is_available():
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise SystemExit(
+            f"lit_nnopt bench: error: --accelerator gpu needs a CUDA GPU, and torch sees none here "
+            f"(torch {torch.__version__}, {build}; torch.cuda.is_available() is False). Run it on a machine "
+            "with an NVIDIA GPU and a CUDA build of torch, or leave out --accelerator to benchmark on the CPU."
+        )
+    return torch.cuda.get_device_name()
+
+
+def cpu_name() -> str:
+    """The processor's model name where Linux tells it, else its architecture."""
+    import platform
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def default_data_dir() -> str:
+    """The first of ``$LIT_NNOPT_DATA_DIR``, ``../shared/data``, ``shared/data`` and ``data`` that holds MNIST."""
+    candidates = [os.environ.get("LIT_NNOPT_DATA_DIR"), *_DATA_DIRS]
+    found = (c for c in candidates if c and (Path(c) / "MNIST" / "raw" / _MNIST_FILES[0]).is_file())
+    return next(found, _DATA_DIRS[0])
+
+
+def _check_data_dir(data_dir: str) -> None:
+    raw = Path(data_dir) / "MNIST" / "raw"
+    missing = [name for name in _MNIST_FILES if not (raw / name).is_file()]
+    if missing:
+        raise SystemExit(
+            f"lit_nnopt bench: error: {', '.join(missing)} not found in {raw}. Give --data-dir, the folder that "
+            "holds MNIST/raw/*.gz (the benchmark reads the real MNIST and downloads nothing)."
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lit_nnopt bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding MNIST/raw/*.gz (default: the first of $LIT_NNOPT_DATA_DIR, ../shared/data, "
+        "shared/data and data that holds it)",
+    )
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (at least 2); the first is not measured")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating")
     parser.add_argument("--skip-usual", action="store_true", help="leave out the slow torchvision recipe")
+    parser.add_argument("--accelerator", choices=ACCELERATORS, default="cpu", help="where every run trains")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure (per run, medians) here")
+    parser.add_argument(
+        "--limit-batches",
+        type=int,
+        metavar="N",
+        help="train on N batches per epoch: a quick check of the benchmark itself, not a measurement",
+    )
     parser.add_argument("--only", choices=RUNNERS, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
+    args.data_dir = args.data_dir or default_data_dir()
     if args.only:
-        runner = {
-            "reference": run_reference,
-            "lit_nnopt": run_lit_nnopt,
-            "lit_nnopt_1_step": run_lit_nnopt_1_step,
-            "usual": run_usual,
-        }[args.only]
-        epoch_seconds = runner(args.data_dir, args.epochs)
+        epoch_seconds = RUNNER_FUNCTIONS[args.only](args.data_dir, args.epochs, args.accelerator, args.limit_batches)
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.accelerator == "gpu":
+            import torch
+
+            _EXTRA["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         print(_RESULT + json.dumps({"epoch_seconds": epoch_seconds, "peak_rss_mb": peak_rss_mb, **_EXTRA}))
         return
     if args.epochs < 2:
         parser.error(f"--epochs must be at least 2 (the first epoch is not measured), got {args.epochs}")
+    _check_data_dir(args.data_dir)
+    adam_config()
+    device = check_accelerator(args.accelerator)
 
     from rich.console import Console
     from rich.progress import Progress
-    from rich.table import Table
 
     runners = [r for r in RUNNERS if not (args.skip_usual and r == "usual")]
     reports: dict[str, list[dict]] = {runner: [] for runner in runners}
@@ -240,39 +471,52 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):
             for runner in runners:
                 progress.update(task, description=runner)
-                reports[runner].append(_run_in_subprocess(runner, args.data_dir, args.epochs))
+                reports[runner].append(_run_in_subprocess(runner, args, args.epochs))
                 progress.advance(task)
-                one_epoch[runner].append(_run_in_subprocess(runner, args.data_dir, 1))
+                one_epoch[runner].append(_run_in_subprocess(runner, args, 1))
                 progress.advance(task)
-    in_fit = {
-        runner: statistics.median(t for report in reports[runner] for t in report["epoch_seconds"][1:])
-        for runner in runners
-    }
-    whole = {
-        runner: statistics.median(
-            whole_process_seconds_per_epoch(long["wall_seconds"], short["wall_seconds"], args.epochs)
-            for long, short in zip(reports[runner], one_epoch[runner], strict=True)
-        )
-        for runner in runners
-    }
-    table = Table(title=f"seconds per epoch, median of {args.repeats} runs of {args.epochs} epochs (and of 1)")
+    figures = medians(reports, one_epoch, args.epochs)
+    to_first_step = statistics.median(report["seconds_to_first_step"] for report in reports["lit_nnopt"])
+    help_seconds = _help_seconds()
+    console = Console()
+    console.print(_table(figures, args, device))
+    console.print(f"lit_nnopt: {to_first_step:.1f} s from process start to the first training step (median)")
+    console.print(f"`python -m lit_nnopt --help`: {help_seconds:.1f} s (median of 3)")
+    if args.json:
+        record = {
+            "accelerator": args.accelerator,
+            "device": device,
+            "data_dir": args.data_dir,
+            "epochs": args.epochs,
+            "repeats": args.repeats,
+            "limit_batches": args.limit_batches,
+            "medians": figures,
+            "seconds_to_first_step": to_first_step,
+            "help_seconds": help_seconds,
+            "runs": {runner: {"epochs": reports[runner], "one_epoch": one_epoch[runner]} for runner in runners},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2))
+        console.print(f"figures written to {args.json}")
+
+
+def _table(figures: dict[str, dict], args: argparse.Namespace, device: str) -> Any:
+    from rich.table import Table
+
+    title = f"seconds per epoch on {device}, median of {args.repeats} runs of {args.epochs} epochs (and of 1)"
+    table = Table(title=title)
     for column in ("run", "in fit", "ratio", "whole process", "ratio ", "peak RSS (MB)"):
         table.add_column(column, justify="right")
-    for runner in runners:
-        peak = max(report["peak_rss_mb"] for report in reports[runner])
+    for runner, row in figures.items():
         table.add_row(
             LABELS[runner],
-            f"{in_fit[runner]:.3f}",
-            f"{in_fit[runner] / in_fit['reference']:.2f}",
-            f"{whole[runner]:.3f}",
-            f"{whole[runner] / whole['reference']:.2f}",
-            f"{peak:.0f}",
+            f"{row['in_fit_seconds_per_epoch']:.3f}",
+            f"{row['in_fit_ratio']:.2f}",
+            f"{row['whole_process_seconds_per_epoch']:.3f}",
+            f"{row['whole_process_ratio']:.2f}",
+            f"{row['peak_rss_mb']:.0f}",
         )
-    console = Console()
-    console.print(table)
-    to_first_step = statistics.median(report["seconds_to_first_step"] for report in reports["lit_nnopt"])
-    console.print(f"lit_nnopt: {to_first_step:.1f} s from process start to the first training step (median)")
-    console.print(f"`python -m lit_nnopt --help`: {_help_seconds():.1f} s (median of 3)")
+    return table
 
 
 def _help_seconds() -> float:

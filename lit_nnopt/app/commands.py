@@ -3,5 +3,5 @@
 EXTRA_COMMANDS = {
     "compare": "Train several configs and compare them in a table and a plot.",
     "new": "Start a new Lightning project from lit_nnopt's cookiecutter template.",
-    "bench": "Time lit_nnopt against a hand-written training loop.",
+    "bench": "Time lit_nnopt against a hand-written training loop, on the CPU or a GPU.",
 }

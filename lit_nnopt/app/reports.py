@@ -43,7 +43,8 @@ class RunSummary(pl.Callback):
     The history holds, per epoch, every metric logged on epoch level (``train_*``, ``val_*``,
     learning rates). The summary adds the final and best values, the best epoch by the
     checkpoint's monitored metric (``val_acc`` by default), epochs run, wall time, why
-    training stopped and the library versions. Written by rank zero into the trainer's
+    training stopped and the library versions, and whatever other callbacks add with
+    :meth:`record` (``TrainingClock``'s figures). Written by rank zero into the trainer's
     ``log_dir``, and printed as a table.
     """
 
@@ -69,6 +70,10 @@ class RunSummary(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, "test", Path(trainer.log_dir or trainer.default_root_dir))
+
+    def record(self, name: str, value: Any) -> None:
+        """Adds ``name: value`` to the summary this callback writes next: how other callbacks report figures."""
+        self.summary[name] = value
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}
