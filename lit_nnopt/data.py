@@ -1,10 +1,9 @@
 """MNIST and Fashion-MNIST as a LightningDataModule that serves batches from memory.
 
-Each split is decoded once into a uint8 tensor; a batch is one index into it, converted to
-float inputs a chunk of batches at a time (evaluation splits, always served in the same
-order, are converted once). There is no per-sample Dataset, PIL image or worker process:
-that path costs about ten times the time of the training step itself for a network this
-small.
+Each split is decoded once and converted once into float network inputs (MNIST's 60,000 +
+10,000 images take 220 MB); a batch is one index into them. There is no per-sample Dataset,
+PIL image or worker process: that path costs about ten times the time of the training step
+itself for a network this small.
 """
 
 from __future__ import annotations
@@ -23,11 +22,6 @@ from lit_nnopt.idx import DATASETS, DataError, IDXFile, VerificationCache, load_
 DATA_DIR_ENV = "LIT_NNOPT_DATA_DIR"
 
 
-# Batches are converted from uint8 to float this many samples at a time: one conversion of a
-# 4096-sample chunk costs far less than 64 conversions of a 64-sample batch.
-_CONVERSION_CHUNK = 4096
-
-
 def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV, "./data")
 
@@ -35,22 +29,21 @@ def default_data_dir() -> str:
 class BatchLoader:
     """Shuffled mini-batches of in-memory tensors, sharded for DDP and resumable mid-epoch.
 
-    Each epoch's order is a permutation drawn from ``(seed, epoch)`` alone, so it is the same
-    on every rank and after a resume. Under DDP the permutation is padded by wrapping around
-    to a multiple of ``world_size`` (as ``DistributedSampler`` does: every rank must run the
-    same number of steps) and rank ``r`` takes every ``world_size``-th index from ``r``: the
-    shards are disjoint and together cover the split.
+    Serves ``(inputs[index], targets[index])`` for each batch's sample indices, on the
+    tensors' device. Each epoch's order is a permutation drawn from ``(seed, epoch)`` alone, so
+    it is the same on every rank and after a resume. Under DDP the permutation is padded by
+    wrapping around to a multiple of ``world_size`` (as ``DistributedSampler`` does: every rank
+    must run the same number of steps) and rank ``r`` takes every ``world_size``-th index from
+    ``r``: the shards are disjoint and together cover the split.
 
     Args:
-        images: uint8 tensor ``(N, 28, 28)``.
-        labels: int64 tensor ``(N,)``.
+        inputs: the network inputs, one sample per row (MNIST: float ``(N, 1, 28, 28)``).
+        targets: one target per sample (MNIST: int64 labels ``(N,)``).
         batch_size: samples per batch on this rank.
         shuffle: draw a new permutation each epoch; otherwise serve in order.
         seed: seed of the permutations.
         rank: this process' place among the DDP processes.
         world_size: the number of DDP processes.
-        mean: inputs are ``(pixel / 255 - mean) / std``.
-        std: see ``mean``.
         current_epoch: the trainer's epoch counter. When given, an epoch starts from that
             epoch's first batch unless the loader was restored mid-way through that very epoch
             (an epoch cut short by ``limit_train_batches`` is not resumed in the next one).
@@ -58,35 +51,35 @@ class BatchLoader:
 
     def __init__(
         self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
         batch_size: int,
         shuffle: bool,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        mean: float = 0.0,
-        std: float = 1.0,
         current_epoch: Callable[[], int] | None = None,
     ) -> None:
-        self.images = images
-        self.labels = labels
+        if len(inputs) != len(targets):
+            raise ValueError(
+                f"`inputs` has {len(inputs)} samples and `targets` {len(targets)}: give one target per sample."
+            )
+        self.inputs = inputs
+        self.targets = targets
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.current_epoch = current_epoch
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = mean / std
         self._next_epoch = 0
         self._resume_batch = 0
         self._served = (0, 0)  # (epoch, batches served in it)
-        self._unshuffled: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._shard: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def shard_size(self) -> int:
-        return math.ceil(len(self.labels) / self.world_size)
+        return math.ceil(len(self.targets) / self.world_size)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -97,7 +90,7 @@ class BatchLoader:
 
     def indices(self, epoch: int) -> torch.Tensor:
         """The sample indices this rank serves in ``epoch``, in order."""
-        count = len(self.labels)
+        count = len(self.targets)
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(count, generator=generator)
@@ -106,40 +99,30 @@ class BatchLoader:
         padding = self.shard_size * self.world_size - count
         if padding:
             order = torch.cat([order, order[:padding]])
-        return order[self.rank :: self.world_size].to(self.labels.device)
+        return order[self.rank :: self.world_size].to(self.targets.device)
 
     def __iter__(self):
         if self.current_epoch is not None and self.current_epoch() != self._next_epoch:
             self._next_epoch, self._resume_batch = self.current_epoch(), 0
         epoch, first = self._next_epoch, self._resume_batch
         self._next_epoch, self._resume_batch = epoch + 1, 0
-        order = self.indices(epoch)
-        chunk = max(1, _CONVERSION_CHUNK // self.batch_size)
-        for start in range(first, self.batches_per_epoch, chunk):
-            stop = min(start + chunk, self.batches_per_epoch)
-            images, labels = self._rows(order, start * self.batch_size, stop * self.batch_size)
-            for batch, batch_images, batch_labels in zip(
-                range(start + 1, stop + 1),
-                images.split(self.batch_size),
-                labels.split(self.batch_size),
-                strict=True,
-            ):
-                self._served = (epoch, batch)
-                yield batch_images, batch_labels
+        order = self.indices(epoch) if self.shuffle else None
+        for batch in range(first, self.batches_per_epoch):
+            rows = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+            self._served = (epoch, batch + 1)
+            if order is None:  # evaluation: views into the shard, no copy
+                inputs, targets = self._unshuffled_shard()
+                yield inputs[rows], targets[rows]
+            else:  # index_select: half the time of `inputs[index]` for a batch of rows
+                index = order[rows]
+                yield self.inputs.index_select(0, index), self.targets.index_select(0, index)
 
-    def _rows(self, order: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network inputs and labels of the samples ``order[start:stop]``."""
-        if not self.shuffle:  # the same order every epoch (evaluation): convert the shard once
-            if self._unshuffled is None:
-                self._unshuffled = (self._inputs(order), self.labels.index_select(0, order))
-            images, labels = self._unshuffled
-            return images[start:stop], labels[start:stop]
-        index = order[start:stop]
-        return self._inputs(index), self.labels.index_select(0, index)
-
-    def _inputs(self, index: torch.Tensor) -> torch.Tensor:
-        # index_select: half the time of `images[index]` for a batch of rows
-        return self.images.index_select(0, index).unsqueeze(1).float().mul_(self.scale).sub_(self.shift)
+    def _unshuffled_shard(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # The same order every epoch: gathered once.
+        if self._shard is None:
+            order = self.indices(0)
+            self._shard = (self.inputs.index_select(0, order), self.targets.index_select(0, order))
+        return self._shard
 
     def state_dict(self) -> dict[str, int]:
         epoch, served = self._served
@@ -266,16 +249,17 @@ class MNISTDataModule(pl.LightningDataModule):
         train_x, train_y = tensors["train-images-idx3-ubyte"], tensors["train-labels-idx1-ubyte"].long()
         test_x, test_y = tensors["t10k-images-idx3-ubyte"], tensors["t10k-labels-idx1-ubyte"].long()
         val_index, train_index = self.split_indices(len(train_y))
-        self._splits = {
-            "train": (train_x[train_index], train_y[train_index]),
-            "val": (train_x[val_index], train_y[val_index]),
-            "test": (test_x, test_y),
-        }
+        images = {"train": train_x[train_index], "val": train_x[val_index], "test": test_x}
+        labels = {"train": train_y[train_index], "val": train_y[val_index], "test": test_y}
+        mean, std = 0.0, 1.0
         if self.standardize:
-            pixels = self._splits["train"][0].float().div_(255)
-            self._mean, self._std = pixels.mean().item(), pixels.std().item()
-        else:
-            self._mean, self._std = 0.0, 1.0
+            pixels = images["train"].float().div_(255)
+            mean, std = pixels.mean().item(), pixels.std().item()
+        # Inputs are `(pixel / 255 - mean) / std`, computed once per split rather than once per batch.
+        scale, shift = 1.0 / (255.0 * std), mean / std
+        self._splits = {
+            split: (images[split].unsqueeze(1).float().mul_(scale).sub_(shift), labels[split]) for split in images
+        }
 
     def split_indices(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(validation, training) indices into the training file."""
@@ -306,19 +290,17 @@ class MNISTDataModule(pl.LightningDataModule):
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         loader = self._loaders.get(split)
         if loader is None or (loader.rank, loader.world_size) != (rank, world_size):
-            images, labels = self._splits[split]
-            if device.type == "cuda":  # MNIST is 47 MB: keep it on the GPU, no copy per batch
-                images, labels = images.to(device), labels.to(device)
+            inputs, labels = self._splits[split]
+            if device.type == "cuda":  # MNIST's inputs take 220 MB: keep them on the GPU, no copy per batch
+                inputs, labels = inputs.to(device), labels.to(device)
             loader = BatchLoader(
-                images,
+                inputs,
                 labels,
                 self.batch_size if split == "train" else self.eval_batch_size,
                 shuffle=split == "train",
                 seed=self.seed,
                 rank=rank,
                 world_size=world_size,
-                mean=self._mean,
-                std=self._std,
                 current_epoch=(lambda: trainer.current_epoch) if trainer and split == "train" else None,
             )
             self._loaders[split] = loader

@@ -11,22 +11,27 @@ from lit_nnopt.idx import DataError
 
 
 def _loader(count=103, batch_size=10, **kwargs):
-    images = torch.arange(count, dtype=torch.uint8).reshape(count, 1, 1).expand(count, 28, 28).contiguous()
+    inputs = torch.arange(count, dtype=torch.float32).reshape(count, 1, 1, 1).expand(count, 1, 28, 28).contiguous()
     labels = torch.arange(count)
-    return BatchLoader(images, labels, batch_size, shuffle=True, seed=3, **kwargs)
+    return BatchLoader(inputs, labels, batch_size, shuffle=True, seed=3, **kwargs)
 
 
 def _served(loader):
     return torch.cat([labels for _, labels in loader]).tolist()
 
 
-def test_batches_scale_pixels_and_cover_the_split_once():
+def test_batches_pair_each_input_with_its_target_and_cover_the_split_once():
     loader = _loader()
     assert len(loader) == 11
-    images, labels = next(iter(_loader()))
-    assert images.shape == (10, 1, 28, 28) and images.dtype == torch.float32
-    assert torch.allclose(images[:, 0, 0, 0], labels.float() / 255)
+    inputs, labels = next(iter(_loader()))
+    assert inputs.shape == (10, 1, 28, 28) and inputs.dtype == torch.float32
+    assert torch.equal(inputs[:, 0, 0, 0], labels.float())
     assert sorted(_served(loader)) == list(range(103))
+
+
+def test_inputs_and_targets_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match="`inputs` has 5 samples and `targets` 4"):
+        BatchLoader(torch.zeros(5, 3), torch.zeros(4), 2, shuffle=False)
 
 
 def test_each_epoch_is_a_new_permutation_that_a_seed_reproduces():
@@ -71,9 +76,14 @@ def test_state_after_a_full_epoch_points_at_the_next_one():
     assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["batches_served"] == 0
 
 
-def test_unshuffled_loader_serves_in_order():
-    loader = BatchLoader(torch.zeros(25, 28, 28, dtype=torch.uint8), torch.arange(25), 10, shuffle=False)
+def test_unshuffled_loader_serves_in_order_and_resumes_mid_epoch():
+    loader = BatchLoader(torch.arange(25.0).reshape(25, 1), torch.arange(25), 10, shuffle=False)
     assert _served(loader) == list(range(25))
+    iterator = iter(loader)
+    next(iterator)
+    resumed = BatchLoader(torch.arange(25.0).reshape(25, 1), torch.arange(25), 10, shuffle=False)
+    resumed.load_state_dict(loader.state_dict())
+    assert [inputs[:, 0].tolist() for inputs, _ in resumed] == [list(range(10, 20)), list(range(20, 25))]
 
 
 def test_split_is_seeded_deterministic_and_disjoint(mnist_dir):
@@ -98,9 +108,22 @@ def test_real_mnist_loads_from_gz_in_torchvision_layout(mnist_dir):
     data.setup("fit")
     images, labels = next(iter(data.train_dataloader()))
     assert images.shape == (64, 1, 28, 28) and labels.shape == (64,)
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.dtype == torch.float32 and images.min() == 0.0 and images.max() == 1.0
     assert len(data.val_dataloader()) == 12  # eval_batch_size 1000
     assert len(data.test_dataloader()) == 10
+
+
+def test_standardized_inputs_have_the_training_splits_zero_mean_and_unit_variance(mnist_dir):
+    data = MNISTDataModule(str(mnist_dir), standardize=True, batch_size=48000)
+    data.setup("fit")
+    train_inputs, _ = next(iter(data.train_dataloader()))
+    assert train_inputs.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert train_inputs.std().item() == pytest.approx(1.0, abs=1e-5)
+    plain = MNISTDataModule(str(mnist_dir))
+    plain.setup("fit")
+    (pixels, _), (standardized, _) = next(iter(plain.val_dataloader())), next(iter(data.val_dataloader()))
+    mean, std = 0.1307, 0.3081  # MNIST's training pixels, to four digits
+    assert torch.allclose(standardized, (pixels - mean) / std, atol=2e-3)
 
 
 def test_flat_folder_with_raw_files_works(mnist_dir, tmp_path):

@@ -306,7 +306,7 @@ def _tiny_fit(
 ):
     pl.seed_everything(3, verbose=False)
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (640, 28, 28), dtype=torch.uint8, generator=generator)
+    images = torch.rand((640, 1, 28, 28), generator=generator)
     loader = BatchLoader(images, torch.randint(0, 10, (640,), generator=generator), 32, shuffle=True, seed=1)
     val_loader = BatchLoader(images[:128], torch.randint(0, 10, (128,), generator=generator), 32, shuffle=False)
     summary = RunSummary()

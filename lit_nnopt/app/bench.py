@@ -101,9 +101,11 @@ def train_by_hand(
 ) -> tuple[list[float], float]:
     """An expert's loop on tensors already on the device: seconds per epoch (validation included), last val_acc.
 
-    Batches are index tensors into the split, drawn on its device; validation runs in batches of
-    1,000 (lit_nnopt's ``eval_batch_size``) and syncs with the host once per epoch, and the
-    clock is read only after ``torch.cuda.synchronize()`` on a GPU.
+    It does the work lit_nnopt's ``MNISTClassifier`` does: per epoch, the mean training loss and
+    accuracy, accumulated on the device batch by batch, and the validation loss and accuracy, in
+    batches of 1,000 (lit_nnopt's ``eval_batch_size``). Batches are ``index_select`` rows of the
+    split, drawn on its device; the loop syncs with the host once per epoch, and the clock is read
+    only after ``torch.cuda.synchronize()`` on a GPU.
     """
     import torch
     from torch.nn import functional as F
@@ -114,21 +116,37 @@ def train_by_hand(
     accuracy = 0.0
     for _ in range(epochs):
         net.train()
+        train_loss, train_correct = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
+        trained = 0
         for index in torch.randperm(len(split.train_y), device=device).split(batch_size)[:limit_batches]:
-            loss = F.cross_entropy(net(split.train_x[index]), split.train_y[index])
+            x, y = split.train_x.index_select(0, index), split.train_y.index_select(0, index)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if step_scheduler is not None:
                 step_scheduler.step()
+            train_loss += loss.detach() * len(y)
+            train_correct += (logits.detach().argmax(1) == y).sum()
+            trained += len(y)
         if epoch_scheduler is not None:
             epoch_scheduler.step()
         net.eval()
         with torch.no_grad():
             batches = list(zip(split.val_x.split(1000), split.val_y.split(1000), strict=True))[:limit_val_batches]
-            correct = sum((net(x).argmax(1) == y).sum() for x, y in batches)
-        accuracy = correct.item() / sum(len(y) for _, y in batches)
-        print(f"val_acc {accuracy:.4f}", file=sys.stderr)
+            val_loss, val_correct = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
+            for x, y in batches:
+                logits = net(x)
+                val_loss += F.cross_entropy(logits, y, reduction="sum")
+                val_correct += (logits.argmax(1) == y).sum()
+        validated = sum(len(y) for _, y in batches)
+        accuracy = val_correct.item() / validated
+        print(
+            f"train_loss {train_loss.item() / trained:.4f} train_acc {train_correct.item() / trained:.4f} "
+            f"val_loss {val_loss.item() / validated:.4f} val_acc {accuracy:.4f}",
+            file=sys.stderr,
+        )
         _synchronize(device)
         stamps.append(time.perf_counter())
     return [b - a for a, b in itertools.pairwise(stamps)], accuracy

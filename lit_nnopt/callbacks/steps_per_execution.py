@@ -121,8 +121,8 @@ class StepsPerExecution(Callback):
 
     In the plain case (one device, 32-bit precision, no profiler, none of ``optimizer_step``,
     ``optimizer_zero_grad``, ``backward``, ``configure_gradient_clipping`` or ``clip_gradients``
-    overridden), the batches after a group's first skip Lightning's closure objects and hook
-    dispatch too: they take the same steps, with the same hooks in the same order, called directly.
+    overridden), the batches skip Lightning's closure objects and hook dispatch too: they take
+    the same steps, with the same hooks in the same order, called directly.
 
     ``batch_idx`` in ``training_step`` and ``trainer.num_training_batches`` count batches, as
     without groups, so checkpoints resume mid-epoch whatever the group size of either run.
@@ -233,19 +233,21 @@ class StepsPerExecution(Callback):
         fetcher = trainer.fit_loop._data_fetcher
         (grouped,) = trainer.fit_loop._combined_loader.flattened
         followers = grouped.pop_followers()
+        step_schedulers = any(config.interval == "step" for config in trainer.lr_scheduler_configs)
+        device = trainer.strategy.root_device
         run_one_batch = self._run_one_batch
-        if followers and direct_step_obstacle(trainer) is None:
+        if direct_step_obstacle(trainer) is None:
             run_one_batch = DirectStep(trainer).run
         # Lightning counted the group as one fetched batch: from here on it counts batches.
         last_group = fetcher.done if fetcher.length is None else fetcher.fetched + len(followers) >= fetcher.length
         loop.batch_progress.is_last_batch = last_group and not followers
-        output = self._run_one_batch(optimizer, batch_idx, kwargs)
+        output = run_one_batch(optimizer, batch_idx, kwargs)
         while followers and not loop.done:  # done: max_steps reached, or a callback stopped the fit
             batch = followers.pop()
             if batch is _END:
                 break
-            _close_batch(trainer)
-            if not (self._default_batch_handling and _on_device(batch, trainer.strategy.root_device)):
+            _close_batch(trainer, step_schedulers)
+            if not (self._default_batch_handling and _on_device(batch, device)):
                 batch = _transfer(trainer, batch)
             fetcher.fetched += 1
             if fetcher.length is not None:
@@ -254,7 +256,8 @@ class StepsPerExecution(Callback):
             loop.batch_progress.increment_ready()
             trainer._logger_connector.on_batch_start(batch)
             loop.batch_progress.increment_started()
-            output = run_one_batch(optimizer, loop.batch_idx, _with_batch(kwargs, batch, loop.batch_idx))
+            batch_idx = loop.batch_idx
+            output = run_one_batch(optimizer, batch_idx, _with_batch(kwargs, batch, batch_idx))
         return output
 
     @override
@@ -262,15 +265,19 @@ class StepsPerExecution(Callback):
         return {"steps": self.steps}
 
 
-def _close_batch(trainer: pl.Trainer) -> None:
-    """What Lightning's training epoch loop does after a batch's optimizer step, less the per-batch hooks."""
+def _close_batch(trainer: pl.Trainer, step_schedulers: bool) -> None:
+    """What Lightning's training epoch loop does after a batch's optimizer step, less the per-batch hooks.
+
+    ``accumulate_grad_batches`` is 1 (larger is refused at setup): every batch steps the optimizer.
+    ``step_schedulers``: whether a scheduler is stepped per optimizer step.
+    """
     loop = trainer.fit_loop.epoch_loop
     loop.batch_progress.increment_processed()
-    loop.update_lr_schedulers("step", update_plateau_schedulers=False)
+    if step_schedulers:
+        loop.update_lr_schedulers("step", update_plateau_schedulers=False)
     loop.batch_progress.increment_completed()
     trainer._logger_connector.update_train_step_metrics()
-    if not loop._should_accumulate():
-        loop._batches_that_stepped += 1
+    loop._batches_that_stepped += 1
 
 
 def _transfer(trainer: pl.Trainer, batch: Any) -> Any:

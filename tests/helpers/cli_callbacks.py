@@ -24,7 +24,7 @@ class DumpRankState(pl.Callback):
             "metrics": {name: float(value) for name, value in trainer.callback_metrics.items()},
             "global_step": trainer.global_step,
             "epoch0_indices": loader.indices(0).tolist(),
-            "split_size": len(loader.labels),
+            "split_size": len(loader.targets),
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(state))
