@@ -99,6 +99,8 @@ def direct_step_obstacle(trainer: pl.Trainer) -> str | None:
         return "gradient accumulation or clipping by the Trainer"
     if trainer.fit_loop.epoch_loop.automatic_optimization._skip_backward:
         return "a skipped backward"
+    if trainer.strategy.model is not module:
+        return "a strategy that wraps the module"
     overridden = [name for name in _STEP_METHODS if _overrides(module, name, pl.LightningModule)]
     return f"{type(module).__name__}.{overridden[0]}" if overridden else None
 
@@ -107,8 +109,9 @@ class DirectStep:
     """Lightning's automatic optimization of one batch, in the plain case, without its per-batch machinery.
 
     What ``_AutomaticOptimization.run`` does when nothing is overridden, in the same order with
-    the same arguments: ``optimizer.step(closure)``, where the closure runs the strategy's
-    ``training_step``, the ``on_before_zero_grad`` hooks, ``zero_grad()``, the
+    the same arguments: ``optimizer.step(closure)``, where the closure runs the module's
+    ``training_step`` (what the single-device strategy's ``training_step`` calls, within the
+    32-bit precision's empty context), the ``on_before_zero_grad`` hooks, ``zero_grad()``, the
     ``on_before_backward`` hooks, ``backward``, the ``on_after_backward`` hooks, then the
     ``on_before_optimizer_step`` hooks; the optimizer's progress is counted as Lightning counts it.
     It saves Lightning's closure objects and hook dispatch (a profiler context and a hook name set
@@ -124,13 +127,12 @@ class DirectStep:
 
     def run(self, optimizer: torch.optim.Optimizer, batch_idx: int, kwargs: OrderedDict) -> dict[str, Any]:
         """The batch's optimizer step; returns what Lightning's does (``{"loss": ..., **extra}``, or ``{}``)."""
-        module = self.module
-        outer_name = module._current_fx_name
+        outer_name = self.module._current_fx_name
         results: list[dict[str, Any]] = []
         self.progress.step.increment_ready()
         optimizer.step(closure=partial(self._closure, optimizer, kwargs, results))
         self.progress.step.increment_completed()
-        module._current_fx_name = outer_name
+        self._name_current_call(outer_name)
         if not results:
             raise MisconfigurationException(
                 f"{type(optimizer).__name__}.step did not call its closure: the batch was not trained. "
@@ -141,9 +143,8 @@ class DirectStep:
     def _closure(self, optimizer: torch.optim.Optimizer, kwargs: OrderedDict, results: list) -> torch.Tensor | None:
         module, zero_grad = self.module, self.progress.zero_grad
         with torch.enable_grad():
-            module._current_fx_name = "training_step"
-            output = self.trainer.strategy.training_step(*kwargs.values())
-            self.trainer.strategy.post_training_step()
+            self._name_current_call("training_step")
+            output = module.training_step(*kwargs.values())
             loss = _loss_of(output)
             zero_grad.increment_ready()
             self._call("on_before_zero_grad", optimizer)
@@ -152,7 +153,7 @@ class DirectStep:
             zero_grad.increment_completed()
             if loss is not None:
                 self._call("on_before_backward", loss)
-                module._current_fx_name = "backward"
+                self._name_current_call("backward")
                 module.backward(loss)
                 self._call("on_after_backward")
         self._call("on_before_optimizer_step", optimizer)
@@ -166,8 +167,13 @@ class DirectStep:
 
     def _call(self, hook: str, *args: Any) -> None:
         for fn in self.hooks[hook]:
-            self.module._current_fx_name = hook
+            self._name_current_call(hook)
             fn(*args)
+
+    def _name_current_call(self, name: str | None) -> None:
+        # What `self.log` reads to know where it is called from. A plain value: set without
+        # nn.Module.__setattr__, which costs more than the rest of the bookkeeping of a step.
+        vars(self.module)["_current_fx_name"] = name
 
 
 def _loss_of(output: Any) -> torch.Tensor | None:
