@@ -34,6 +34,33 @@ def test_medians_skip_the_first_epoch_and_divide_by_the_reference():
     assert figures["lit_nnopt"]["whole_process_ratio"] == 2.0
 
 
+def test_the_reference_reports_the_epochs_loss_and_accuracy_as_lit_nnopt_does(capsys: pytest.CaptureFixture):
+    """With a learning rate of 0 and no dropout the network does not change: each printed mean is one formula."""
+    import torch
+    from torch.nn import functional as F
+
+    from lit_nnopt.networks import MLP
+
+    generator = torch.Generator().manual_seed(0)
+    inputs, labels = torch.randn(300, 1, 28, 28, generator=generator), torch.randint(0, 10, (300,), generator=generator)
+    split = bench.Split(inputs[:200], labels[:200], inputs[200:], labels[200:])
+    net = MLP([16], dropout=0.0)
+    _, val_acc = bench.train_by_hand(net, torch.optim.SGD(net.parameters(), lr=0.0), split, epochs=1, batch_size=64)
+    with torch.no_grad():
+        train_logits, val_logits = net(split.train_x), net(split.val_x)
+    expected = {
+        "train_loss": F.cross_entropy(train_logits, split.train_y).item(),
+        "train_acc": (train_logits.argmax(1) == split.train_y).float().mean().item(),
+        "val_loss": F.cross_entropy(val_logits, split.val_y).item(),
+        "val_acc": (val_logits.argmax(1) == split.val_y).float().mean().item(),
+    }
+    printed = dict(re.findall(r"(\w+) (\d+\.\d+)", capsys.readouterr().err))
+    assert printed.keys() == expected.keys()
+    for name, value in expected.items():
+        assert float(printed[name]) == pytest.approx(value, abs=1e-4), name
+    assert val_acc == pytest.approx(expected["val_acc"])
+
+
 def test_gpu_without_cuda_is_one_paragraph_that_says_what_to_do(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(SystemExit) as exit_:
