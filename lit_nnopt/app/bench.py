@@ -8,8 +8,9 @@ All train the tutorial's MLP (784-128-10, dropout 0.2, Adam, batch 64) on the sa
 ``configs/adam.yaml`` as shipped (``StepsPerExecution(steps=32)``), the same config with one
 batch per Lightning step, and the usual torchvision-plus-DataLoader recipe. The reference
 does the same work as ``adam.yaml`` (Keras' initialisation, fused Adam at lr 0.002 with its
-decay, standardized inputs, the training and validation loss and accuracy of each epoch). Each run is its own process; runs alternate (reference,
-lit_nnopt, ..., reference, ...) so that a busy machine slows them all alike.
+decay, standardized inputs, the training and validation loss and accuracy of each epoch).
+Each run is its own process; runs alternate (reference, lit_nnopt, ..., reference, ...) so
+that a busy machine slows them all alike.
 
 ``--accelerator gpu`` runs every one of them on the same GPU: the reference keeps the split
 on the device as float and reads the clock after ``torch.cuda.synchronize()``, lit_nnopt gets
