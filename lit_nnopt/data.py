@@ -118,10 +118,13 @@ class BatchLoader:
                 yield self.inputs.index_select(0, index), self.targets.index_select(0, index)
 
     def _unshuffled_shard(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # The same order every epoch: gathered once.
+        # The same order every epoch: the tensors themselves on one process, gathered once under DDP.
         if self._shard is None:
-            order = self.indices(0)
-            self._shard = (self.inputs.index_select(0, order), self.targets.index_select(0, order))
+            if self.world_size == 1:
+                self._shard = (self.inputs, self.targets)
+            else:
+                order = self.indices(0)
+                self._shard = (self.inputs.index_select(0, order), self.targets.index_select(0, order))
         return self._shard
 
     def state_dict(self) -> dict[str, int]:

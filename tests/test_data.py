@@ -86,6 +86,16 @@ def test_unshuffled_loader_serves_in_order_and_resumes_mid_epoch():
     assert [inputs[:, 0].tolist() for inputs, _ in resumed] == [list(range(10, 20)), list(range(20, 25))]
 
 
+def test_unshuffled_ddp_shards_take_every_other_sample_in_order():
+    shards = [
+        _served(
+            BatchLoader(torch.arange(10.0).reshape(10, 1), torch.arange(10), 3, shuffle=False, rank=r, world_size=2)
+        )
+        for r in range(2)
+    ]
+    assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+
+
 def test_split_is_seeded_deterministic_and_disjoint(mnist_dir):
     first = MNISTDataModule(str(mnist_dir), seed=1).split_indices(60000)
     again = MNISTDataModule(str(mnist_dir), seed=1).split_indices(60000)
