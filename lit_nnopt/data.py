@@ -26,6 +26,12 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV, "./data")
 
 
+def _pixel_mean_and_std(images: torch.Tensor) -> tuple[float, float]:
+    """The mean and standard deviation of ``images / 255``; the float copy is freed before the inputs are made."""
+    pixels = images.float().div_(255)
+    return pixels.mean().item(), pixels.std().item()
+
+
 class BatchLoader:
     """Shuffled mini-batches of in-memory tensors, sharded for DDP and resumable mid-epoch.
 
@@ -254,10 +260,7 @@ class MNISTDataModule(pl.LightningDataModule):
         val_index, train_index = self.split_indices(len(train_y))
         images = {"train": train_x[train_index], "val": train_x[val_index], "test": test_x}
         labels = {"train": train_y[train_index], "val": train_y[val_index], "test": test_y}
-        mean, std = 0.0, 1.0
-        if self.standardize:
-            pixels = images["train"].float().div_(255)
-            mean, std = pixels.mean().item(), pixels.std().item()
+        mean, std = _pixel_mean_and_std(images["train"]) if self.standardize else (0.0, 1.0)
         # Inputs are `(pixel / 255 - mean) / std`, computed once per split rather than once per batch.
         scale, shift = 1.0 / (255.0 * std), mean / std
         self._splits = {
