@@ -8,6 +8,7 @@ itself for a network this small.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -81,7 +82,6 @@ class BatchLoader:
         self._next_epoch = 0
         self._resume_batch = 0
         self._served = (0, 0)  # (epoch, batches served in it)
-        self._shard: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def shard_size(self) -> int:
@@ -112,26 +112,26 @@ class BatchLoader:
             self._next_epoch, self._resume_batch = self.current_epoch(), 0
         epoch, first = self._next_epoch, self._resume_batch
         self._next_epoch, self._resume_batch = epoch + 1, 0
-        order = self.indices(epoch) if self.shuffle else None
+        if self.shuffle:
+            order = self.indices(epoch)
+        else:  # evaluation: views into the shard, no copy
+            inputs, targets = self._unshuffled_shard
         for batch in range(first, self.batches_per_epoch):
             rows = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
             self._served = (epoch, batch + 1)
-            if order is None:  # evaluation: views into the shard, no copy
-                inputs, targets = self._unshuffled_shard()
-                yield inputs[rows], targets[rows]
-            else:  # index_select: half the time of `inputs[index]` for a batch of rows
+            if self.shuffle:  # index_select: half the time of `inputs[index]` for a batch of rows
                 index = order[rows]
                 yield self.inputs.index_select(0, index), self.targets.index_select(0, index)
-
-    def _unshuffled_shard(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # The same order every epoch: the tensors themselves on one process, gathered once under DDP.
-        if self._shard is None:
-            if self.world_size == 1:
-                self._shard = (self.inputs, self.targets)
             else:
-                order = self.indices(0)
-                self._shard = (self.inputs.index_select(0, order), self.targets.index_select(0, order))
-        return self._shard
+                yield inputs[rows], targets[rows]
+
+    @functools.cached_property
+    def _unshuffled_shard(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's samples in order, the same every epoch: the tensors themselves on one process."""
+        if self.world_size == 1:
+            return self.inputs, self.targets
+        order = self.indices(0)
+        return self.inputs.index_select(0, order), self.targets.index_select(0, order)
 
     def state_dict(self) -> dict[str, int]:
         epoch, served = self._served
