@@ -7,9 +7,10 @@ training of one batch per step, bit for bit) say so at once.
 One exception, named here: ``callbacks/steps_per_execution.py`` drives the training epoch loop
 between the batches of a group, with what Lightning's ``_TrainingEpochLoop.advance`` does around a
 batch: the fit loop's ``_combined_loader`` and ``_data_fetcher`` (``fetched``, ``done``,
-``length``), the epoch loop's ``batch_progress``, ``_should_accumulate``,
-``_batches_that_stepped`` and ``update_lr_schedulers``, the trainer's ``_logger_connector``, the
-module's ``_on_before_batch_transfer``, and the ``run`` of its ``automatic_optimization``.
+``length``), the epoch loop's ``batch_progress``, ``_batches_that_stepped``,
+``update_lr_schedulers`` and ``done``, the ``run`` and the optimizer-step count of its
+``automatic_optimization``, the trainer's ``_logger_connector`` and its logging cadence
+(``should_update_logs``), and the module's ``_on_before_batch_transfer``.
 
 Private: the names here may change without notice.
 """

@@ -11,9 +11,9 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchmetrics import Metric
 from typing_extensions import override
 
+from lit_nnopt.metrics import Accuracy, MeanLoss
 from lit_nnopt.networks import MLP
 
 _NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -42,47 +42,6 @@ def _instantiate(args: Any, config: dict[str, Any]) -> Any:
     module_name, class_name = config["class_path"].rsplit(".", 1)
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(*(args if isinstance(args, tuple) else (args,)), **config.get("init_args", {}))
-
-
-class MeanLoss(Metric):
-    """The sample-weighted mean of per-batch mean losses over an epoch, synchronized under DDP."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("loss_sum", torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, loss: torch.Tensor, count: int) -> None:
-        # In place: `self.total += n` would go through nn.Module.__setattr__ on every batch.
-        self.loss_sum.add_(loss.detach(), alpha=count)
-        self.total.add_(count)
-
-    def compute(self) -> torch.Tensor:
-        return self.loss_sum / self.total
-
-
-class Accuracy(Metric):
-    """The fraction of samples whose largest logit is the label's, synchronized under DDP.
-
-    Rather than torchmetrics' ``MulticlassAccuracy``, which validates its inputs and computes
-    per-class statistics on every batch: that costs more than the training step of a small network.
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        self.correct.add_((logits.detach().argmax(dim=1) == target).sum())
-        self.total.add_(len(target))
-
-    def compute(self) -> torch.Tensor:
-        return self.correct / self.total
 
 
 class MNISTClassifier(pl.LightningModule):

@@ -34,6 +34,31 @@ def test_medians_skip_the_first_epoch_and_divide_by_the_reference():
     assert figures["lit_nnopt"]["whole_process_ratio"] == 2.0
 
 
+def test_ratios_pair_each_repeat_with_the_reference_of_the_same_repeat():
+    """The machine halves its speed in the second of three repeats, after the reference's runs.
+
+    Medians taken over all runs first would say 2.4; two of the three paired ratios say 1.2.
+    """
+
+    def runs(per_epoch: float, slowdowns: tuple[float, ...], epochs: int) -> list[dict]:
+        return [
+            {
+                "epoch_seconds": [9.0 * slow] + [per_epoch * slow] * (epochs - 1),
+                "wall_seconds": (5.0 + 9.0 + per_epoch * (epochs - 1)) * slow,
+                "peak_rss_mb": 900.0,
+            }
+            for slow in slowdowns
+        ]
+
+    reference, ours = (1.0, 1.0, 2.0), (1.0, 2.0, 2.0)
+    reports = {"reference": runs(1.0, reference, 4), "lit_nnopt": runs(1.2, ours, 4)}
+    one_epoch = {"reference": runs(1.0, reference, 1), "lit_nnopt": runs(1.2, ours, 1)}
+    figures = medians(reports, one_epoch, epochs=4)["lit_nnopt"]
+    assert figures["in_fit_ratio"] == pytest.approx(1.2)
+    assert figures["whole_process_ratio"] == pytest.approx(1.2)
+    assert figures["in_fit_seconds_per_epoch"] == pytest.approx(2.4), "the seconds stay medians over every run"
+
+
 def test_the_reference_reports_the_epochs_loss_and_accuracy_as_lit_nnopt_does(capsys: pytest.CaptureFixture):
     """With a learning rate of 0 and no dropout the network does not change: each printed mean is one formula."""
     import torch

@@ -264,6 +264,30 @@ def test_max_steps_inside_a_group_stops_there(max_steps, lr_scheduler):
 
 
 @pytest.mark.usefixtures("step_path")
+class StopAtStep(pl.Callback):
+    """Asks the fit to stop after the optimizer step numbered ``step``, from a per-step hook."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+@pytest.mark.usefixtures("step_path")
+@pytest.mark.parametrize(
+    "min_epochs, expected_steps",
+    [(None, 5), (2, 22)],  # Lightning honours the stop at once, or only once `min_epochs` are run
+    ids=["stop", "stop-after-min-epochs"],
+)
+def test_a_stop_asked_inside_a_group_stops_where_single_batches_stop(min_epochs, expected_steps):
+    single = _fit(1, lr_scheduler=EXPONENTIAL, callbacks=[StopAtStep(4)], min_epochs=min_epochs)
+    grouped = _fit(K, lr_scheduler=EXPONENTIAL, callbacks=[StopAtStep(4)], min_epochs=min_epochs)
+    assert single[1].global_step == expected_steps
+    _assert_same_training(grouped, single)
+
+
 @pytest.mark.parametrize("limit", [5, 7, 0.5])
 def test_limit_train_batches_counts_batches_not_groups(limit):
     step_lr = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": 0.7}}

@@ -367,24 +367,33 @@ def whole_process_seconds_per_epoch(wall_seconds: float, one_epoch_wall_seconds:
 
 
 def medians(reports: dict[str, list[dict]], one_epoch: dict[str, list[dict]], epochs: int) -> dict[str, dict]:
-    """Per runner: the in-fit and whole-process seconds per epoch (medians), their ratios to the reference, peak RSS."""
-    figures = {}
-    for runner in reports:
-        in_fit = statistics.median(t for report in reports[runner] for t in report["epoch_seconds"][1:])
-        whole = statistics.median(
-            whole_process_seconds_per_epoch(long["wall_seconds"], short["wall_seconds"], epochs)
+    """Per runner: the in-fit and whole-process seconds per epoch (medians), their ratios to the reference, peak RSS.
+
+    Each ratio is the median, over the repeats, of a runner's figure divided by the reference's of
+    the same repeat: the runs of one repeat follow each other within minutes, so a machine that
+    speeds up or slows down between repeats moves both sides of a ratio alike.
+    """
+    per_repeat = {
+        runner: [
+            (
+                statistics.median(long["epoch_seconds"][1:]),
+                whole_process_seconds_per_epoch(long["wall_seconds"], short["wall_seconds"], epochs),
+            )
             for long, short in zip(reports[runner], one_epoch[runner], strict=True)
-        )
+        ]
+        for runner in reports
+    }
+    figures = {}
+    for runner, repeats in per_repeat.items():
+        in_fit = statistics.median(t for report in reports[runner] for t in report["epoch_seconds"][1:])
+        pairs = list(zip(repeats, per_repeat["reference"], strict=True))
         figures[runner] = {
             "in_fit_seconds_per_epoch": in_fit,
-            "whole_process_seconds_per_epoch": whole,
+            "whole_process_seconds_per_epoch": statistics.median(whole for _, whole in repeats),
             "peak_rss_mb": max(report["peak_rss_mb"] for report in reports[runner]),
+            "in_fit_ratio": statistics.median(ours[0] / reference[0] for ours, reference in pairs),
+            "whole_process_ratio": statistics.median(ours[1] / reference[1] for ours, reference in pairs),
         }
-    for row in figures.values():
-        row["in_fit_ratio"] = row["in_fit_seconds_per_epoch"] / figures["reference"]["in_fit_seconds_per_epoch"]
-        row["whole_process_ratio"] = (
-            row["whole_process_seconds_per_epoch"] / figures["reference"]["whole_process_seconds_per_epoch"]
-        )
     return figures
 
 

@@ -241,8 +241,14 @@ class StepsPerExecution(Callback):
         # Lightning counted the group as one fetched batch: from here on it counts batches.
         last_group = fetcher.done if fetcher.length is None else fetcher.fetched + len(followers) >= fetcher.length
         loop.batch_progress.is_last_batch = last_group and not followers
+        # Lightning's `global_step` under automatic optimization, read without its chain of properties.
+        steps_taken = loop.automatic_optimization.optim_progress.optimizer.step.total
         output = run_one_batch(optimizer, batch_idx, kwargs)
-        while followers and not loop.done:  # done: max_steps reached, or a callback stopped the fit
+        while followers:
+            # Inside a group the loop can only be done by `max_steps` or a stop: ask it only then.
+            maybe_done = trainer.should_stop or (loop.max_steps != -1 and steps_taken.completed >= loop.max_steps)
+            if maybe_done and loop.done:
+                break
             batch = followers.pop()
             if batch is _END:
                 break
@@ -276,7 +282,10 @@ def _close_batch(trainer: pl.Trainer, step_schedulers: bool) -> None:
     if step_schedulers:
         loop.update_lr_schedulers("step", update_plateau_schedulers=False)
     loop.batch_progress.increment_completed()
-    trainer._logger_connector.update_train_step_metrics()
+    # Lightning's logging cadence (`should_update_logs`), checked here first: most batches log nothing.
+    every = trainer.log_every_n_steps
+    if trainer.fast_dev_run or trainer.should_stop or (every and (loop._batches_that_stepped + 1) % every == 0):
+        trainer._logger_connector.update_train_step_metrics()
     loop._batches_that_stepped += 1
 
 
