@@ -10,7 +10,8 @@ batch: the fit loop's ``_combined_loader`` and ``_data_fetcher`` (``fetched``, `
 ``length``), the epoch loop's ``batch_progress``, ``_batches_that_stepped``,
 ``update_lr_schedulers`` and ``done``, the ``run`` and the optimizer-step count of its
 ``automatic_optimization``, the trainer's ``_logger_connector`` and its logging cadence
-(``should_update_logs``), and the module's ``_on_before_batch_transfer``.
+(``should_update_logs``), the module's ``_on_before_batch_transfer``, and the loops'
+``_is_max_limit_reached``.
 
 Private: the names here may change without notice.
 """

@@ -263,7 +263,6 @@ def test_max_steps_inside_a_group_stops_there(max_steps, lr_scheduler):
     _assert_same_training(grouped, single)
 
 
-@pytest.mark.usefixtures("step_path")
 class StopAtStep(pl.Callback):
     """Asks the fit to stop after the optimizer step numbered ``step``, from a per-step hook."""
 
@@ -288,6 +287,7 @@ def test_a_stop_asked_inside_a_group_stops_where_single_batches_stop(min_epochs,
     _assert_same_training(grouped, single)
 
 
+@pytest.mark.usefixtures("step_path")
 @pytest.mark.parametrize("limit", [5, 7, 0.5])
 def test_limit_train_batches_counts_batches_not_groups(limit):
     step_lr = {"class_path": "torch.optim.lr_scheduler.StepLR", "init_args": {"step_size": 1, "gamma": 0.7}}

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.precision.precision import Precision as FabricPrecision
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loops.utilities import _is_max_limit_reached
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
@@ -246,7 +247,7 @@ class StepsPerExecution(Callback):
         output = run_one_batch(optimizer, batch_idx, kwargs)
         while followers:
             # Inside a group the loop can only be done by `max_steps` or a stop: ask it only then.
-            maybe_done = trainer.should_stop or (loop.max_steps != -1 and steps_taken.completed >= loop.max_steps)
+            maybe_done = trainer.should_stop or _is_max_limit_reached(steps_taken.completed, loop.max_steps)
             if maybe_done and loop.done:
                 break
             batch = followers.pop()
