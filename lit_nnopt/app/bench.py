@@ -5,7 +5,7 @@
 
 All train the tutorial's MLP (784-128-10, dropout 0.2, Adam, batch 64) on the same 48,000 /
 12,000 split of the real MNIST and validate after every epoch: the hand-written reference,
-``configs/adam.yaml`` as shipped (``StepsPerExecution(steps=32)``), the same config with one
+``configs/adam.yaml`` as shipped (``StepsPerExecution(steps=128)``), the same config with one
 batch per Lightning step, and the usual torchvision-plus-DataLoader recipe. The reference
 does the same work as ``adam.yaml`` (Keras' initialisation, fused Adam at lr 0.002 with its
 decay, standardized inputs, the training and validation loss and accuracy of each epoch).
