@@ -745,7 +745,7 @@ def test_cli_refuses_trainer_options_that_a_group_cannot_honour(args, option, mn
         *args,
     )
     message = _error_paragraph(result)
-    assert option in message and "StepsPerExecution(steps=32)" in message
+    assert option in message and "StepsPerExecution(steps=128)" in message
     assert not list(tmp_path.rglob("*.ckpt")), "refused before any training"
 
 
