@@ -1,10 +1,14 @@
 """The pictures: learning curves, confusion matrix, worst-classified digits, and the callback that draws them."""
 
+import struct
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
 
 from lit_nnopt import MNISTClassifier, MNISTDataModule
+from lit_nnopt.app import plots
 from lit_nnopt.app.plots import (
     CONFUSION_MATRIX_FILE,
     LEARNING_CURVES_FILE,
@@ -14,12 +18,13 @@ from lit_nnopt.app.plots import (
     class_names_of,
     confusion_colour_scale,
     learning_rate_keys,
+    new_figure,
     plot_confusion_matrix,
     plot_learning_curves,
     plot_worst_examples,
 )
 from lit_nnopt.app.reports import RunSummary
-from tests.helpers import png_size
+from tests.helpers import PNG_SIGNATURE, png_size
 
 
 def _history(epochs: int = 4) -> list[dict]:
@@ -56,6 +61,37 @@ def test_learning_curves_draw_one_epoch_and_missing_values(tmp_path):
 def test_learning_rate_keys_leave_out_momentum_and_weight_decay():
     history = _history() + [{"epoch": 4, "lr-SGD/pg1": 0.1, "lr-SGD/pg1-momentum": 0.9}]
     assert learning_rate_keys(history) == ["lr-Adam", "lr-SGD/pg1"]
+
+
+def _png_text(path: Path) -> dict[str, str]:
+    """The ``tEXt`` chunks of a PNG (keyword: text), where matplotlib writes ``savefig``'s ``metadata``."""
+    content = path.read_bytes()
+    assert content[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    chunks, offset = {}, 8
+    while offset < len(content):
+        (length,) = struct.unpack(">I", content[offset : offset + 4])
+        kind, data = content[offset + 4 : offset + 8], content[offset + 8 : offset + 8 + length]
+        if kind == b"tEXt":
+            keyword, _, text = data.partition(b"\0")
+            chunks[keyword.decode("latin-1")] = text.decode("latin-1")
+        offset += 12 + length
+    return chunks
+
+
+def test_learning_curves_are_titled_with_the_run_not_a_panel(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "new_figure", lambda *size: drawn.append(new_figure(*size)) or drawn[-1])
+    path = plot_learning_curves(_history(), tmp_path / "curves.png", title="run abc123 · sgd.yaml · MLP, SGD lr=0.05")
+    assert _png_text(path)["Title"] == "run abc123 · sgd.yaml · MLP, SGD lr=0.05"
+    (figure,) = drawn
+    panels = [axes.get_title() for axes in figure.axes]
+    assert panels == ["accuracy", "loss", "learning rate"]
+
+
+def test_the_confusion_matrix_carries_the_run_title(tmp_path):
+    matrix = torch.eye(10, dtype=torch.int64) * 100
+    path = plot_confusion_matrix(matrix, tmp_path / "cm.png", title="run abc123 · adam.yaml")
+    assert _png_text(path)["Title"] == "run abc123 · adam.yaml"
 
 
 def test_learning_curves_need_an_epoch(tmp_path):

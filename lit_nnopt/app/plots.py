@@ -51,12 +51,13 @@ def new_figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def save_figure(figure: Any, path: Path, dpi: int) -> Path:
+def save_figure(figure: Any, path: Path, dpi: int, title: str | None = None) -> Path:
+    """Write ``figure`` as a PNG; ``title`` also goes into the file's ``Title`` text chunk, which viewers list."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
+    figure.savefig(path, dpi=dpi, metadata={"Title": title} if title else None)
     return path
 
 
@@ -98,19 +99,19 @@ def plot_learning_curves(
         raise ValueError("The history holds no epoch, so there is no learning curve to draw; train at least one epoch.")
     figure = new_figure(15, 4.5)
     accuracy, loss, rate = figure.subplots(1, 3)
-    for axes, metric, title in ((accuracy, "acc", "accuracy"), (loss, "loss", "loss")):
+    for axes, metric, panel_title in ((accuracy, "acc", "accuracy"), (loss, "loss", "loss")):
         for split, style in (("train", "-o"), ("val", "-s")):
             epochs, values = _series(history, f"{split}_{metric}")
             if epochs:
                 axes.plot(epochs, values, style, markersize=3, label=f"{split}_{metric}")
-        _decorate(axes, title)
+        _decorate(axes, panel_title)
     _plot_learning_rate(rate, history)
     epochs = [row["epoch"] for row in history]
     for axes in (accuracy, loss, rate):
         axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # whole epochs on the axis, even for one epoch
     if title:
         figure.suptitle(title)
-    return save_figure(figure, Path(path), dpi)
+    return save_figure(figure, Path(path), dpi, title)
 
 
 def _plot_learning_rate(axes: Any, history: Sequence[dict[str, Any]]) -> None:
@@ -198,7 +199,7 @@ def plot_confusion_matrix(
     axes.set_ylabel("true")
     heading = f"test confusion matrix: accuracy {accuracy:.2%} of {total}"
     axes.set_title(f"{title}\n{heading}" if title else heading)
-    return save_figure(figure, Path(path), dpi)
+    return save_figure(figure, Path(path), dpi, title)
 
 
 def confusion_colour_scale(counts: torch.Tensor) -> tuple[Any, Any, Any]:
@@ -267,7 +268,7 @@ def plot_worst_examples(
             )
     heading = "worst-classified test images: true → predicted, p = probability of the true class"
     figure.suptitle(f"{title}\n{heading}" if title else heading, fontsize=9)
-    return save_figure(figure, Path(path), dpi)
+    return save_figure(figure, Path(path), dpi, title)
 
 
 class _WorstExamples:
