@@ -15,6 +15,13 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 SUMMARY_FILE = "summary.json"
+# A run "stayed at chance" when its best validation accuracy stays below this multiple of
+# 1 / num_classes. A model that predicts one class scores 1 / num_classes on balanced data
+# (MNIST's most frequent class is 11.3% of the validation split); a model that learnt anything
+# at all, even in a handful of steps, is far above 1.5 times that (0.15 for ten classes).
+CHANCE_MARGIN = 1.5
+# What `status` in summary.json says, and what the CLI's exit status 3 means.
+OK, DIVERGED, AT_CHANCE = "ok", "diverged", "at_chance"
 
 
 def library_versions() -> dict[str, str]:
@@ -37,35 +44,100 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _non_finite_losses(metrics: dict[str, Any]) -> list[str]:
+    names = []
+    for name, value in metrics.items():
+        number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+        if "loss" in name and isinstance(number, float) and not math.isfinite(number):
+            names.append(name)
+    return sorted(names)
+
+
+def run_health(history: list[dict[str, Any]], num_classes: int = 10) -> dict[str, Any]:
+    """Whether a fit learnt anything: ``status`` ok, diverged or at_chance, and in words why.
+
+    ``diverged``: a loss logged on epoch level was NaN or infinite at the end of some epoch
+    (``problem_epoch``, the first). ``at_chance``: no validation accuracy (``val_acc``)
+    reached :data:`CHANCE_MARGIN` / ``num_classes``. A history without ``val_acc`` is not
+    judged on accuracy.
+
+    Args:
+        history: one dict per epoch, as :class:`RunSummary` records it (``non_finite`` names
+            the losses that were not finite; their values are stored as None).
+        num_classes: the classes of the task; chance accuracy is ``1 / num_classes``.
+    """
+    for row in history:
+        if row.get("non_finite"):
+            names = ", ".join(row["non_finite"])
+            return {
+                "status": DIVERGED,
+                "problem_epoch": row["epoch"],
+                "problem": f"{names} became NaN or infinite in epoch {row['epoch']}",
+            }
+    accuracies = [row["val_acc"] for row in history if row.get("val_acc") is not None]
+    threshold = CHANCE_MARGIN / num_classes
+    if accuracies and max(accuracies) < threshold:
+        return {
+            "status": AT_CHANCE,
+            "problem_epoch": None,
+            "problem": (
+                f"val_acc stayed at chance: at most {max(accuracies):.4f} in {len(accuracies)} validation(s), "
+                f"under {threshold:.2f} ({CHANCE_MARGIN} / {num_classes} classes)"
+            ),
+        }
+    return {"status": OK, "problem_epoch": None, "problem": None}
+
+
 class RunSummary(pl.Callback):
     """Records each epoch's metrics and writes ``summary.json`` after ``fit`` and ``test``.
 
     The history holds, per epoch, every metric logged on epoch level (``train_*``, ``val_*``,
-    learning rates). The summary adds the final and best values, the best epoch by the
-    checkpoint's monitored metric (``val_acc`` by default), epochs run, wall time, why
-    training stopped and the library versions, and whatever other callbacks add with
-    :meth:`record` (``TrainingClock``'s figures). Written by rank zero into the trainer's
-    ``log_dir``, and printed as a table.
+    learning rates), the seconds since ``fit`` started (``elapsed_seconds``) and, where a
+    loss was NaN or infinite, its name under ``non_finite``. The summary adds the final and
+    best values, the best epoch by the checkpoint's monitored metric (``val_acc`` by default),
+    epochs run, wall time, why training stopped, whether the run learnt (``status``: ok,
+    diverged or at_chance, see :func:`run_health`) and the library versions, and whatever
+    other callbacks add with :meth:`record` (``TrainingClock``'s figures). Written by rank zero
+    into the trainer's ``log_dir``, and printed as a table.
+
+    The history and the seconds already trained are kept in checkpoints: after a resume,
+    ``elapsed_seconds`` and ``wall_seconds`` go on from where the interrupted run stopped.
+
+    Args:
+        num_classes: the classes of the task, for the at-chance verdict (MNIST and
+            Fashion-MNIST: 10).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
+        if num_classes < 2:
+            raise ValueError(f"`num_classes` must be at least 2, got {num_classes}.")
+        self.num_classes = num_classes
         self.history: list[dict[str, Any]] = []
         self.fit_seconds = 0.0
+        self._seconds_before = 0.0  # trained before this process, by the run it resumes
         self._fit_started = 0.0
         self.summary: dict[str, Any] = {}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_started = time.perf_counter()
 
+    def _elapsed(self) -> float:
+        """Seconds of ``fit`` so far, the resumed run's included."""
+        running = time.perf_counter() - self._fit_started if self._fit_started else 0.0
+        return self._seconds_before + running
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         metrics = {name: _plain(value) for name, value in trainer.callback_metrics.items()}
-        elapsed = round(time.perf_counter() - self._fit_started, 4)
-        self.history.append({"epoch": trainer.current_epoch, "elapsed_seconds": elapsed, **metrics})
+        row = {"epoch": trainer.current_epoch, "elapsed_seconds": round(self._elapsed(), 4), **metrics}
+        non_finite = _non_finite_losses(dict(trainer.callback_metrics))
+        if non_finite:
+            row["non_finite"] = non_finite
+        self.history.append(row)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.fit_seconds = time.perf_counter() - self._fit_started
+        self.fit_seconds = self._elapsed()
         self._write(trainer, "fit", Path(trainer.log_dir or trainer.default_root_dir))
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -76,10 +148,14 @@ class RunSummary(pl.Callback):
         self.summary[name] = value
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        # Read while a checkpoint is saved: the seconds trained up to that moment.
+        return {"history": self.history, "elapsed_seconds": self._elapsed()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        # Checkpoints written before the seconds were saved: the last epoch's figure is the best estimate.
+        last = self.history[-1].get("elapsed_seconds") if self.history else None
+        self._seconds_before = float(state_dict.get("elapsed_seconds", last or 0.0))
 
     def build(self, trainer: pl.Trainer, stage: str) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
@@ -93,7 +169,9 @@ class RunSummary(pl.Callback):
             best_row = (max if mode == "max" else min)(scored, key=lambda row: row[monitor], default=None)
             summary.update(
                 {
+                    **run_health(self.history, self.num_classes),
                     "monitor": monitor,
+                    "mode": mode,
                     "best_epoch": best_row["epoch"] if best_row else None,
                     "best": {k: v for k, v in (best_row or {}).items() if k != "epoch"},
                     "epochs_run": len(self.history),
@@ -158,7 +236,7 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
     best = summary.get("best", {})
     for name in sorted(summary.get("final", {})):
         table.add_row(name, _fmt(summary["final"][name]), _fmt(best.get(name)))
-    for key in ("epochs_run", "wall_seconds", "stop_reason"):
+    for key in ("epochs_run", "wall_seconds", "stop_reason", "status"):
         if key in summary:
             table.add_row(key, _fmt(summary[key]), "")
     Console().print(table)

@@ -1,0 +1,96 @@
+"""RunSummary's record of a run: whether it learnt, and its time across a resume; driven hook by hook."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lit_nnopt.app import reports
+from lit_nnopt.app.reports import AT_CHANCE, DIVERGED, OK, RunSummary, run_health
+
+
+def _epoch_end(summary: RunSummary, epoch: int, **metrics: float) -> None:
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        current_epoch=epoch,
+        callback_metrics={name: torch.tensor(value) for name, value in metrics.items()},
+    )
+    summary.on_train_epoch_end(trainer, None)
+
+
+def test_a_loss_that_becomes_nan_is_recorded_by_name_and_the_run_is_diverged():
+    summary = RunSummary()
+    _epoch_end(summary, 0, train_loss=0.9, val_loss=0.8, val_acc=0.7)
+    _epoch_end(summary, 1, train_loss=math.nan, val_loss=math.inf, val_acc=0.0983)
+    _epoch_end(summary, 2, train_loss=math.nan, val_loss=math.nan, val_acc=0.0983)
+    assert "non_finite" not in summary.history[0]
+    assert summary.history[1]["non_finite"] == ["train_loss", "val_loss"]
+    assert summary.history[1]["train_loss"] is None  # JSON has no NaN
+    health = run_health(summary.history)
+    assert health == {
+        "status": DIVERGED,
+        "problem_epoch": 1,
+        "problem": "train_loss, val_loss became NaN or infinite in epoch 1",
+    }
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "status"),
+    [
+        ([0.0983, 0.1135, 0.1032], AT_CHANCE),  # a constant prediction: one class's share
+        ([0.09, 0.149], AT_CHANCE),
+        ([0.09, 0.15], OK),  # the threshold itself is above chance: 1.5 / 10
+        ([0.31], OK),
+    ],
+)
+def test_accuracy_that_never_leaves_chance_is_at_chance(accuracies, status):
+    history = [{"epoch": epoch, "train_loss": 2.3, "val_acc": acc} for epoch, acc in enumerate(accuracies)]
+    health = run_health(history)
+    assert health["status"] == status
+    if status == AT_CHANCE:
+        assert health["problem"].startswith(f"val_acc stayed at chance: at most {max(accuracies):.4f} in ")
+        assert "under 0.15 (1.5 / 10 classes)" in health["problem"]
+
+
+def test_chance_follows_the_number_of_classes_and_a_run_without_val_acc_is_not_judged_on_it():
+    history = [{"epoch": 0, "val_acc": 0.4}]
+    assert run_health(history, num_classes=10)["status"] == OK
+    assert run_health(history, num_classes=2)["status"] == AT_CHANCE  # under 1.5 / 2
+    assert run_health([{"epoch": 0, "train_loss": 2.3, "val_acc": None}])["status"] == OK
+    with pytest.raises(ValueError, match="`num_classes` must be at least 2, got 1"):
+        RunSummary(num_classes=1)
+
+
+def test_elapsed_seconds_go_on_after_a_resume(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(reports.time, "perf_counter", lambda: now[0])
+    first = RunSummary()
+    first.on_fit_start(None, None)
+    now[0] = 105.0
+    _epoch_end(first, 0, train_loss=0.5)
+    now[0] = 107.0  # interrupted mid-epoch 1: the checkpoint holds 7 s
+    saved = first.state_dict()
+
+    now[0] = 5000.0  # another process, much later
+    resumed = RunSummary()
+    resumed.load_state_dict(saved)
+    resumed.on_fit_start(None, None)
+    now[0] = 5003.0
+    _epoch_end(resumed, 1, train_loss=0.4)
+    assert [row["elapsed_seconds"] for row in resumed.history] == [5.0, 10.0]
+    assert resumed.state_dict()["elapsed_seconds"] == 10.0
+
+
+def test_a_checkpoint_without_the_seconds_resumes_from_its_last_epoch(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(reports.time, "perf_counter", lambda: now[0])
+    resumed = RunSummary()
+    resumed.load_state_dict({"history": [{"epoch": 0, "elapsed_seconds": 4.0}]})
+    now[0] = 50.0
+    resumed.on_fit_start(None, None)
+    now[0] = 52.0
+    _epoch_end(resumed, 1, train_loss=0.4)
+    assert resumed.history[-1]["elapsed_seconds"] == 6.0
