@@ -1,23 +1,35 @@
-"""Every use of Lightning's private API in lit_nnopt, in one place (checked against Lightning 2.6).
+"""Every private name of Lightning that lit_nnopt uses, in one place, behind a version guard.
 
-A Lightning upgrade that moves one of these breaks only this module; its tests
-(``tests/test_resilience.py``: the bitwise resume; ``tests/test_steps_per_execution.py``: the
-training of one batch per step, bit for bit) say so at once.
+Only the speed path of :class:`~lit_nnopt.callbacks.StepsPerExecution` needs them: running a
+group of batches inside one Lightning training step means doing, between the batches, what
+Lightning's training epoch loop does around each one, and no public hook runs there. Each
+name, and why:
 
-One exception, named here: ``callbacks/steps_per_execution.py`` drives the training epoch loop
-between the batches of a group, with what Lightning's ``_TrainingEpochLoop.advance`` does around a
-batch: the fit loop's ``_combined_loader`` and ``_data_fetcher`` (``fetched``, ``done``,
-``length``), the epoch loop's ``batch_progress``, ``_batches_that_stepped``,
-``update_lr_schedulers`` and ``done``, the ``run`` and the optimizer-step count of its
-``automatic_optimization``, the trainer's ``_logger_connector`` and its logging cadence
-(``should_update_logs``), the module's ``_on_before_batch_transfer``, and the loops'
-``_is_max_limit_reached``.
+- ``fit_loop._data_fetcher``: the iterator the epoch loop draws its batches from. A group's
+  later batches are drawn from it, so that they come in the loader's own order, whatever the
+  loader, with no second iterator (which would draw another shuffle seed).
+- ``epoch_loop.automatic_optimization.run``, replaced on the instance for one fit: the one place
+  where Lightning hands a batch to the optimizer; a group runs its batches there.
+- ``epoch_loop.batch_progress``, ``update_lr_schedulers``, ``done``, ``max_steps``,
+  ``batch_idx``, ``total_batch_idx`` and ``_batches_that_stepped``: the counters, the stepping of
+  per-step LR schedulers and the logger step, kept per batch as the loop keeps them.
+- ``trainer._logger_connector`` (``on_batch_start``, ``update_train_step_metrics``): what the
+  loop does for each batch's logged values.
+- ``LightningModule._on_before_batch_transfer``: the conversion the loop applies to each batch
+  before its device transfer.
+- For :class:`DirectStep`: ``LightningModule._current_fx_name`` (where ``self.log`` is called
+  from), ``automatic_optimization._skip_backward`` and ``optim_progress``, and the closure's
+  output rules (``ClosureResult``).
 
-Private: the names here may change without notice.
+Their meaning was verified, by the bitwise tests of ``tests/test_steps_per_execution.py`` run in
+CI, on the Lightning minor versions in :data:`VERIFIED_LIGHTNING`. On any other version
+:func:`unverified_lightning` says so, and StepsPerExecution runs Lightning's own loop instead:
+one batch per step, the same weights, without the speed-up.
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -25,54 +37,139 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loops.optimization.automatic import Closure, ClosureResult
-from lightning.pytorch.plugins.precision import Precision
-from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from lit_nnopt._host import NAMESPACES, namespace_of
 
-def epoch_aggregates(trainer: pl.Trainer) -> dict[str, dict[str, Any]]:
-    """The running aggregates of the values logged with ``self.log(..., on_epoch=True)`` in this training epoch.
+# The (major, minor) versions of Lightning (either namespace) whose loops the grouped path was checked against.
+VERIFIED_LIGHTNING = ((2, 4), (2, 5), (2, 6))
 
-    Lightning keeps them in the training epoch loop's private ``_results`` and leaves them out of
-    checkpoints. Returned as CPU copies of each result's ``metric_state`` (``value``, ``cumulated_batch_size``).
+
+def unverified_lightning(trainer: pl.Trainer) -> str | None:
+    """What keeps the grouped path off with this trainer's Lightning, or None on a verified version."""
+    namespace = namespace_of(trainer)
+    package = namespace.__name__.split(".")[0]
+    version = str(getattr(namespace, "__version__", None) or getattr(__import__(package), "__version__", "unknown"))
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match and (int(match[1]), int(match[2])) in VERIFIED_LIGHTNING:
+        return None
+    verified = ", ".join(f"{major}.{minor}" for major, minor in VERIFIED_LIGHTNING)
+    return f"{package} {version} is not a version its grouped path was verified on ({verified})"
+
+
+def ungroupable(trainer: pl.Trainer) -> str | None:
+    """What keeps this fit from running groups of batches at all (the version aside), or None."""
+    fetcher = trainer.fit_loop._data_fetcher
+    if type(fetcher).__name__ == "_DataLoaderIterDataFetcher":
+        return "a `training_step` that takes `dataloader_iter` and draws its own batches"
+    return None
+
+
+class GroupedSteps:
+    """Runs up to ``steps`` batches in each of Lightning's training steps, each batch with its own optimizer step.
+
+    :meth:`install` replaces, for this fit, the ``run`` of the epoch loop's automatic
+    optimization: after the batch that Lightning fetched, the group's other batches are drawn
+    from the loop's own data fetcher and run with the bookkeeping the loop does around a batch.
+    A group ends after ``steps`` batches counted from the epoch's start (so a resumed run
+    groups alike), before a batch where Lightning validates, at the epoch's end, and where the
+    loop would be done (``max_steps``, a stop).
     """
-    return {
-        key: {name: _cpu_copy(value) for name, value in result.metric_state.items()}
-        for key, result in trainer.fit_loop.epoch_loop._results.items()
-        if result.is_tensor and result.meta.on_epoch
-    }
+
+    def __init__(self, trainer: pl.Trainer, steps: int, default_batch_handling: bool) -> None:
+        self.trainer = trainer
+        self.steps = steps
+        self.default_batch_handling = default_batch_handling
+        self.optimization = trainer.fit_loop.epoch_loop.automatic_optimization
+        self.run_one_batch = self.optimization.run
+
+    def install(self) -> None:
+        self.optimization.run = self.run_group
+
+    def remove(self) -> None:
+        vars(self.optimization).pop("run", None)  # the class' method again
+
+    def run_group(self, optimizer: torch.optim.Optimizer, batch_idx: int, kwargs: OrderedDict) -> Any:
+        """Lightning's automatic optimization of each batch of a group, with the loop's bookkeeping between them."""
+        trainer = self.trainer
+        loop = trainer.fit_loop.epoch_loop
+        fetcher = trainer.fit_loop._data_fetcher
+        step_schedulers = any(config.interval == "step" for config in trainer.lr_scheduler_configs)
+        device = trainer.strategy.root_device
+        run_one_batch = DirectStep(trainer).run if direct_step_obstacle(trainer) is None else self.run_one_batch
+        # Lightning's `global_step` under automatic optimization, read without its chain of properties.
+        steps_taken = self.optimization.optim_progress.optimizer.step.total
+        output = run_one_batch(optimizer, batch_idx, kwargs)
+        for _ in range(self._followers(batch_idx)):
+            if fetcher.done:
+                break
+            # Inside a group the loop can only be done by `max_steps` or a stop: ask it only then.
+            max_steps_reached = loop.max_steps != -1 and steps_taken.completed >= loop.max_steps
+            if (trainer.should_stop or max_steps_reached) and loop.done:
+                break
+            _close_batch(trainer, step_schedulers)
+            batch, _, _ = next(fetcher)
+            loop.batch_progress.is_last_batch = fetcher.done
+            if not (self.default_batch_handling and _on_device(batch, device)):
+                batch = _transfer(trainer, batch)
+            loop.batch_progress.increment_ready()
+            trainer._logger_connector.on_batch_start(batch)
+            loop.batch_progress.increment_started()
+            batch_idx = loop.batch_idx
+            output = run_one_batch(optimizer, batch_idx, _with_batch(kwargs, batch, batch_idx))
+        return output
+
+    def _followers(self, batch_idx: int) -> int:
+        """How many batches may follow ``batch_idx`` in its group: up to the group's end or the next validation."""
+        trainer = self.trainer
+        left = self.steps - 1 - batch_idx % self.steps
+        every = trainer.val_check_batch
+        if isinstance(every, int) and every > 0:
+            loop = trainer.fit_loop.epoch_loop
+            # Lightning's count for validation: batches of the epoch, or of the whole fit without an epoch cadence.
+            counted = loop.total_batch_idx if trainer.check_val_every_n_epoch is None else batch_idx
+            left = min(left, every - 1 - counted % every)
+        return left
 
 
-def merge_epoch_aggregates(trainer: pl.Trainer, saved: dict[str, dict[str, torch.Tensor]]) -> None:
-    """Fold aggregates saved before a resume into those of the first batch after it.
+def _close_batch(trainer: pl.Trainer, step_schedulers: bool) -> None:
+    """What Lightning's training epoch loop does after a batch's optimizer step, less the per-batch hooks.
 
-    A mean is a running sum: ``saved + first`` is bitwise the ``sum + first`` that the
-    uninterrupted run computes, since floating-point addition is commutative. Entries that the
-    first batch did not log are left out, as they would be when they are created later.
+    ``accumulate_grad_batches`` is 1 (larger is refused at setup): every batch steps the optimizer.
+    ``step_schedulers``: whether a scheduler is stepped per optimizer step.
     """
-    results = trainer.fit_loop.epoch_loop._results
-    for key, state in saved.items():
-        result = results.get(key)
-        if result is None:
-            continue
-        for name, value in state.items():
-            current = getattr(result, name)
-            value = value.to(current.device)
-            if name == "value" and result.meta.is_max_reduction:
-                setattr(result, name, torch.maximum(value, current))
-            elif name == "value" and result.meta.is_min_reduction:
-                setattr(result, name, torch.minimum(value, current))
-            else:
-                setattr(result, name, value + current)
+    loop = trainer.fit_loop.epoch_loop
+    loop.batch_progress.increment_processed()
+    if step_schedulers:
+        loop.update_lr_schedulers("step", update_plateau_schedulers=False)
+    loop.batch_progress.increment_completed()
+    # Lightning's logging cadence (`should_update_logs`), checked here first: most batches log nothing.
+    every = trainer.log_every_n_steps
+    if trainer.fast_dev_run or trainer.should_stop or (every and (loop._batches_that_stepped + 1) % every == 0):
+        trainer._logger_connector.update_train_step_metrics()
+    loop._batches_that_stepped += 1
 
 
-def _cpu_copy(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_cpu_copy(item) for item in value]
-    return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
+def _transfer(trainer: pl.Trainer, batch: Any) -> Any:
+    """The conversion and device transfer that Lightning applies to each batch it fetches."""
+    batch = trainer.precision_plugin.convert_input(batch)
+    batch = trainer.lightning_module._on_before_batch_transfer(batch, dataloader_idx=0)
+    return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+
+
+def _on_device(batch: Any, device: torch.device) -> bool:
+    # The common case only, checked cheaply: a tuple or list of tensors.
+    return isinstance(batch, (tuple, list)) and all(
+        isinstance(item, torch.Tensor) and item.device == device for item in batch
+    )
+
+
+def _with_batch(kwargs: OrderedDict, batch: Any, batch_idx: int) -> OrderedDict:
+    step_kwargs = OrderedDict(kwargs)
+    step_kwargs["batch"] = batch
+    if "batch_idx" in step_kwargs:
+        step_kwargs["batch_idx"] = batch_idx
+    return step_kwargs
 
 
 # The hooks of each optimizer step, in Lightning's order: every callback's, then the module's.
@@ -88,12 +185,13 @@ def direct_step_obstacle(trainer: pl.Trainer) -> str | None:
     no gradient accumulation or clipping by the Trainer, and none of the module methods around
     the step overridden. Anything else keeps Lightning's own path.
     """
+    host = namespace_of(trainer)
     module = trainer.lightning_module
-    if type(trainer.strategy) is not SingleDeviceStrategy:
+    if type(trainer.strategy) is not host.strategies.SingleDeviceStrategy:
         return f"the {type(trainer.strategy).__name__}"
-    if type(trainer.precision_plugin) is not Precision:
+    if type(trainer.precision_plugin) is not host.plugins.precision.Precision:
         return f"the {type(trainer.precision_plugin).__name__} plugin"
-    if type(trainer.profiler) is not PassThroughProfiler:
+    if type(trainer.profiler) is not host.profilers.PassThroughProfiler:
         return f"the {type(trainer.profiler).__name__}"
     if not module.automatic_optimization or len(trainer.optimizers) != 1:
         return "not one optimizer under automatic optimization"
@@ -103,7 +201,7 @@ def direct_step_obstacle(trainer: pl.Trainer) -> str | None:
         return "a skipped backward"
     if trainer.strategy.model is not module:
         return "a strategy that wraps the module"
-    overridden = [name for name in _STEP_METHODS if _overrides(module, name, pl.LightningModule)]
+    overridden = [name for name in _STEP_METHODS if _overrides(module, name, "LightningModule")]
     return f"{type(module).__name__}.{overridden[0]}" if overridden else None
 
 
@@ -147,7 +245,7 @@ class DirectStep:
         with torch.enable_grad():
             self._name_current_call("training_step")
             output = module.training_step(*kwargs.values())
-            loss = _loss_of(output)
+            loss = _loss_of(self.trainer, output)
             zero_grad.increment_ready()
             self._call("on_before_zero_grad", optimizer)
             zero_grad.increment_started()
@@ -178,15 +276,18 @@ class DirectStep:
         vars(self.module)["_current_fx_name"] = name
 
 
-def _loss_of(output: Any) -> torch.Tensor | None:
+def _loss_of(trainer: pl.Trainer, output: Any) -> torch.Tensor | None:
     """The loss in what ``training_step`` returned; Lightning's errors for what it refuses."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, Mapping) and isinstance(output.get("loss"), torch.Tensor):
         return output["loss"]
-    loss = ClosureResult.from_training_step_output(output).closure_loss
+    automatic = namespace_of(trainer).loops.optimization.automatic
+    loss = automatic.ClosureResult.from_training_step_output(output).closure_loss
     if loss is None:
-        Closure.warning_cache.warn("`training_step` returned `None`. If this was on purpose, ignore this warning...")
+        automatic.Closure.warning_cache.warn(
+            "`training_step` returned `None`. If this was on purpose, ignore this warning..."
+        )
     return loss
 
 
@@ -196,13 +297,58 @@ def _implementations(trainer: pl.Trainer, hook: str) -> list[Callable[..., Any]]
     calls: list[Callable[..., Any]] = [
         partial(getattr(callback, hook), trainer, module)
         for callback in trainer.callbacks
-        if _overrides(callback, hook, Callback)
+        if _overrides(callback, hook, "Callback")
     ]
-    if _overrides(module, hook, pl.LightningModule):
+    if _overrides(module, hook, "LightningModule"):
         calls.append(getattr(module, hook))
     return calls
 
 
-def _overrides(obj: object, name: str, base: type) -> bool:
+def _overrides(obj: object, name: str, base: str) -> bool:
+    """Whether ``obj`` has its own ``name``, other than that of the class ``base`` of every installed namespace."""
     method = getattr(obj, name)
-    return getattr(method, "__func__", method) is not getattr(base, name)
+    function = getattr(method, "__func__", method)
+    return all(function is not getattr(getattr(namespace, base), name) for namespace in NAMESPACES)
+
+
+# ExactResume's use of Lightning's private `_results`, being replaced by public APIs.
+def epoch_aggregates(trainer: pl.Trainer) -> dict[str, dict[str, Any]]:
+    """The running aggregates of the values logged with ``self.log(..., on_epoch=True)`` in this training epoch.
+
+    Lightning keeps them in the training epoch loop's private ``_results`` and leaves them out of
+    checkpoints. Returned as CPU copies of each result's ``metric_state`` (``value``, ``cumulated_batch_size``).
+    """
+    return {
+        key: {name: _cpu_copy(value) for name, value in result.metric_state.items()}
+        for key, result in trainer.fit_loop.epoch_loop._results.items()
+        if result.is_tensor and result.meta.on_epoch
+    }
+
+
+def merge_epoch_aggregates(trainer: pl.Trainer, saved: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Fold aggregates saved before a resume into those of the first batch after it.
+
+    A mean is a running sum: ``saved + first`` is bitwise the ``sum + first`` that the
+    uninterrupted run computes, since floating-point addition is commutative. Entries that the
+    first batch did not log are left out, as they would be when they are created later.
+    """
+    results = trainer.fit_loop.epoch_loop._results
+    for key, state in saved.items():
+        result = results.get(key)
+        if result is None:
+            continue
+        for name, value in state.items():
+            current = getattr(result, name)
+            value = value.to(current.device)
+            if name == "value" and result.meta.is_max_reduction:
+                setattr(result, name, torch.maximum(value, current))
+            elif name == "value" and result.meta.is_min_reduction:
+                setattr(result, name, torch.minimum(value, current))
+            else:
+                setattr(result, name, value + current)
+
+
+def _cpu_copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_cpu_copy(item) for item in value]
+    return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value

@@ -22,11 +22,11 @@ from lightning.pytorch.loops.optimization.automatic import _AutomaticOptimizatio
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
-from lit_nnopt import MLP, MNISTClassifier
+from lit_nnopt import MLP, MNISTClassifier, _lightning_internals
 from lit_nnopt.app.progress import CheapRichProgressBar
-from lit_nnopt.callbacks import GradientClipping, NaNGuard, StepsPerExecution, steps_per_execution
-from lit_nnopt.callbacks.steps_per_execution import GroupedBatches
+from lit_nnopt.callbacks import GradientClipping, NaNGuard, StepsPerExecution
 from lit_nnopt.data import BatchLoader
 from tests.helpers import CONFIGS, run_cli
 
@@ -41,72 +41,21 @@ def _tensors(count: int = SAMPLES, seed: int = 0) -> tuple[torch.Tensor, torch.T
     return images, labels
 
 
-def _loader(count: int = SAMPLES) -> BatchLoader:
-    return BatchLoader(*_tensors(count), BATCH, shuffle=True, seed=3)
+# The loaders other projects use, and lit_nnopt's own: each shuffles every epoch.
+LOADERS = ["BatchLoader", "DataLoader", "DataLoader-generator"]
+
+
+def _loader(kind: str = "BatchLoader", count: int = SAMPLES) -> BatchLoader | DataLoader:
+    images, labels = _tensors(count)
+    if kind == "BatchLoader":
+        return BatchLoader(images, labels, BATCH, shuffle=True, seed=3)
+    # Without a generator, the sampler draws each epoch's seed from torch's global generator.
+    generator = torch.Generator().manual_seed(3) if kind == "DataLoader-generator" else None
+    return DataLoader(TensorDataset(images, labels), batch_size=BATCH, shuffle=True, generator=generator)
 
 
 def _val_loader() -> BatchLoader:
     return BatchLoader(*_tensors(40, seed=1), 20, shuffle=False)
-
-
-def _assert_same_batches(actual: list, expected: list) -> None:
-    assert len(actual) == len(expected)
-    for (images, labels), (expected_images, expected_labels) in zip(actual, expected, strict=True):
-        assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
-
-
-def _run_groups(grouped: GroupedBatches) -> list[list]:
-    """Each group's batches, taking the followers as the callback does: after the first batch."""
-    groups = []
-    for first in grouped:
-        followers = grouped.pop_followers()
-        groups.append([first, *followers])
-    return groups
-
-
-# -- GroupedBatches ----------------------------------------------------------------------------
-
-
-def test_groups_hold_the_same_batches_in_the_same_order_as_the_loader():
-    single, grouped = _loader(), GroupedBatches(_loader(), K)
-    for _ in range(2):
-        groups = _run_groups(grouped)
-        assert [len(group) for group in groups] == [3, 3, 3, 2]
-        _assert_same_batches([batch for group in groups for batch in group], list(single))
-    assert len(grouped) == 11, "the length counts batches, as Lightning's counters do"
-
-
-def test_a_groups_followers_are_drawn_only_when_run():
-    loader = _loader()
-    grouped = GroupedBatches(loader, K)
-    iterator = iter(grouped)
-    next(iterator)
-    assert loader.state_dict()["batches_served"] == 1
-    followers = grouped.pop_followers()
-    followers.pop()
-    assert loader.state_dict()["batches_served"] == 2 and len(followers) == 1
-
-
-def test_fetching_the_next_group_first_keeps_the_order():
-    """Lightning fetches a group ahead when the loader has no length: the followers come first."""
-    grouped = GroupedBatches(_loader(), K)
-    iterator = iter(grouped)
-    first, second = next(iterator), next(iterator)
-    followers = grouped.pop_followers()
-    batches = [first, *followers, second]
-    _assert_same_batches(batches, list(_loader())[:4])
-
-
-@pytest.mark.parametrize("limit, sizes", [(5, [3, 2]), (6, [3, 3]), (1, [1]), (None, [3, 3, 3, 2])])
-def test_max_batches_counts_batches(limit, sizes):
-    grouped = GroupedBatches(_loader(), K, max_batches=lambda: limit)
-    assert [len(group) for group in _run_groups(grouped)] == sizes
-
-
-def test_other_attributes_are_the_loaders():
-    loader = _loader()
-    grouped = GroupedBatches(loader, K)
-    assert grouped.state_dict() == loader.state_dict() and grouped.batch_size == BATCH
 
 
 @pytest.mark.parametrize("steps", [0, -1, 1.5, True, "4"])
@@ -122,7 +71,7 @@ def test_steps_must_be_a_positive_integer(steps):
 def step_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs the test twice: a group's batches through DirectStep where it applies, then through Lightning's step."""
     if request.param == "lightning":
-        monkeypatch.setattr(steps_per_execution, "direct_step_obstacle", lambda trainer: "forced by the test")
+        monkeypatch.setattr(_lightning_internals, "direct_step_obstacle", lambda trainer: "forced by the test")
     return request.param
 
 
@@ -158,13 +107,22 @@ def _model(
     )
 
 
-def _fit(steps: int, *, validate: bool = False, model: pl.LightningModule | None = None, **kwargs) -> tuple:
+def _fit(
+    steps: int,
+    *,
+    validate: bool = False,
+    model: pl.LightningModule | None = None,
+    loader: str = "BatchLoader",
+    **kwargs,
+) -> tuple:
     model_kwargs = {
         k: kwargs.pop(k) for k in ("optimizer", "lr_scheduler", "interval", "frequency", "dropout") if k in kwargs
     }
     model = model if model is not None else _model(**model_kwargs)
     trainer = _trainer(steps, **kwargs)
-    trainer.fit(model, train_dataloaders=_loader(), val_dataloaders=_val_loader() if validate else None)
+    trainer.fit(model, train_dataloaders=_loader(loader), val_dataloaders=_val_loader() if validate else None)
+    # Where the fit leaves torch's global generator: what dropout and augmentation draw from next.
+    trainer.rng_state_after_fit = torch.get_rng_state()
     return model, trainer
 
 
@@ -198,6 +156,7 @@ def _assert_same_training(grouped: tuple, single: tuple) -> None:
     assert _lr(grouped_trainer) == _lr(single_trainer)
     # Every metric logged, summed in the same order.
     _assert_same_tensors(dict(grouped_trainer.callback_metrics), dict(single_trainer.callback_metrics))
+    assert torch.equal(grouped_trainer.rng_state_after_fit, single_trainer.rng_state_after_fit)
 
 
 def _initial_weights() -> dict[str, torch.Tensor]:
@@ -647,6 +606,101 @@ def test_the_direct_step_calls_the_hooks_of_each_step_as_lightning_does(lightnin
     }
 
 
+# -- any loader: the loader's own order, the global generator left where one batch per step leaves it ----------
+
+
+class RecordBatches(Callback):
+    """Records the labels of every batch that reaches ``training_step``, in order, through a module hook."""
+
+    def __init__(self) -> None:
+        self.labels: list[torch.Tensor] = []
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.labels.append(pl_module.last_labels)
+
+
+class LabelledModule(ForeignModule):
+    def training_step(self, batch, batch_idx):
+        self.last_labels = batch[1].clone()
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.usefixtures("step_path")
+@pytest.mark.parametrize("loader", LOADERS)
+def test_any_shuffled_loader_serves_the_same_batches_and_trains_bitwise_alike(loader):
+    records = {steps: RecordBatches() for steps in (1, K)}
+    fits = {}
+    for steps, record in records.items():
+        pl.seed_everything(11, verbose=False)
+        fits[steps] = _fit(steps, model=LabelledModule(), loader=loader, callbacks=[record], validate=True)
+    single_labels = torch.cat(records[1].labels)
+    assert len(records[1].labels) == 33
+    assert not torch.equal(single_labels[:SAMPLES], single_labels[SAMPLES : 2 * SAMPLES]), "shuffled every epoch"
+    assert torch.equal(torch.cat(records[K].labels), single_labels)
+    _assert_same_training(fits[K], fits[1])
+
+
+@pytest.mark.usefixtures("step_path")
+@pytest.mark.parametrize("loader", LOADERS)
+def test_dropout_draws_the_same_masks_with_any_loader(loader):
+    single = _fit(1, loader=loader, dropout=0.5, lr_scheduler=EXPONENTIAL, validate=True)
+    grouped = _fit(K, loader=loader, dropout=0.5, lr_scheduler=EXPONENTIAL, validate=True)
+    _assert_same_training(grouped, single)
+
+
+class RecordValidations(Callback):
+    def __init__(self) -> None:
+        self.at_steps: list[int] = []
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.at_steps.append(trainer.global_step)
+
+
+@pytest.mark.usefixtures("step_path")
+@pytest.mark.parametrize(
+    "trainer_kwargs",
+    [
+        {"val_check_interval": 4},  # inside the second group of 3
+        {"val_check_interval": 0.5},  # after 5 of 11 batches
+        {"val_check_interval": 5, "check_val_every_n_epoch": None},  # counted over the whole fit
+    ],
+    ids=["every-4-batches", "half-epoch", "every-5-batches-of-the-fit"],
+)
+def test_validation_runs_after_the_same_batches_as_without_groups(trainer_kwargs):
+    records = {steps: RecordValidations() for steps in (1, K)}
+    fits = {
+        steps: _fit(steps, loader="DataLoader", validate=True, callbacks=[record], **trainer_kwargs)
+        for steps, record in records.items()
+    }
+    assert len(records[1].at_steps) >= 6
+    assert records[K].at_steps == records[1].at_steps
+    _assert_same_training(fits[K], fits[1])
+
+
+# -- a Lightning version the grouped path was not verified on -----------------------------------------------
+
+
+def test_an_unverified_lightning_runs_one_batch_per_step_says_so_once_and_trains_alike(monkeypatch, caplog):
+    single_hooks, fallback_hooks = CountHooks(), CountHooks()
+    single = _fit(1, loader="DataLoader", dropout=0.2, validate=True, callbacks=[single_hooks])
+    monkeypatch.setattr(pl, "__version__", "2.99.0")
+    with caplog.at_level(logging.INFO):
+        fallback = _fit(K, loader="DataLoader", dropout=0.2, validate=True, callbacks=[fallback_hooks])
+    (message,) = [record.getMessage() for record in caplog.records if "StepsPerExecution" in record.getMessage()]
+    assert "\n" not in message
+    assert "runs one batch per Lightning step: lightning 2.99.0 is not a version" in message
+    assert fallback_hooks.counts["on_train_batch_end"] == single_hooks.counts["on_train_batch_end"] == 33
+    _assert_same_training(fallback, single)
+
+
+@pytest.mark.parametrize("version, verified", [("2.4.0", True), ("2.6.6", True), ("2.3.3", False), ("3.0.0", False)])
+def test_the_guard_knows_the_verified_versions_only(monkeypatch, version, verified):
+    monkeypatch.setattr(pl, "__version__", version)
+    reason = _lightning_internals.unverified_lightning(pl.Trainer(logger=False, enable_progress_bar=False))
+    assert (reason is None) == verified
+    assert verified or f"lightning {version} is not a version its grouped path was verified on" in reason
+
+
 # -- misuse ------------------------------------------------------------------------------------
 
 
@@ -661,10 +715,9 @@ class ManualModule(ForeignModule):
     [
         ({"gradient_clip_val": 1.0}, None, r"gradient_clip_val=1.0.*GradientClipping callback"),
         ({"accumulate_grad_batches": 2}, None, r"accumulate_grad_batches=2.*own optimizer step"),
-        ({"val_check_interval": 4}, None, r"val_check_interval=4.*multiple of 3"),
         ({}, ManualModule, r"needs automatic optimization.*ManualModule"),
     ],
-    ids=["clip", "accumulate", "val_check_interval", "manual"],
+    ids=["clip", "accumulate", "manual"],
 )
 def test_trainer_options_a_group_cannot_honour_are_refused(trainer_kwargs, model, match):
     with pytest.raises(MisconfigurationException, match=match):
@@ -710,6 +763,7 @@ def test_resume_mid_epoch_with_any_group_size_trains_bitwise_alike(first, second
     resumed_model = _model(**exponential)
     resumed = _trainer(second)
     resumed.fit(resumed_model, train_dataloaders=_loader(), ckpt_path=path)
+    resumed.rng_state_after_fit = torch.get_rng_state()
     _assert_same_training((resumed_model, resumed), whole)
 
 

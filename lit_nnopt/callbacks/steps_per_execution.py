@@ -2,114 +2,28 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+import logging
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from lightning.fabric.plugins.precision.precision import Precision as FabricPrecision
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loops.utilities import _is_max_limit_reached
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning_utilities.core.overrides import is_overridden
 from typing_extensions import override
 
-from lit_nnopt._lightning_internals import DirectStep, direct_step_obstacle
+from lit_nnopt._host import Callback, namespace_of
+from lit_nnopt._lightning_internals import GroupedSteps, ungroupable, unverified_lightning
 
-
-class GroupedBatches:
-    """Serves any iterable of batches as groups of ``steps`` consecutive batches.
-
-    Each item it yields is the group's first batch, as the iterable served it, so that
-    Lightning's hooks and batch transfer see ordinary batches; :meth:`pop_followers` hands over
-    the group's other batches, which are drawn from the iterable only when they are run (or
-    when the next group is fetched): a fit that stops inside a group leaves a resumable loader
-    at the next batch to run. At most ``max_batches()`` batches are served per iteration
-    (Lightning's ``limit_train_batches``, counted in batches). Every other attribute
-    (``state_dict``, ``sampler``, ``dataset``...) is the wrapped iterable's.
-    """
-
-    def __init__(self, batches: Iterable, steps: int, max_batches: Callable[[], int | None] = lambda: None) -> None:
-        self.batches = batches
-        self.steps = steps
-        self.max_batches = max_batches
-        self._followers: deque[_Followers] = deque()
-
-    def __len__(self) -> int:
-        return len(self.batches)  # type: ignore[arg-type]
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "batches":  # not set yet (copy, pickle): no recursion into __getattr__
-            raise AttributeError(name)
-        return getattr(self.batches, name)
-
-    def __iter__(self) -> Iterator[Any]:
-        self._followers.clear()
-        limit = self.max_batches()
-        served = 0
-        iterator = iter(self.batches)
-        while limit is None or served < limit:
-            first = next(iterator, _END)
-            if first is _END:
-                return
-            size = self.steps if limit is None else min(self.steps, limit - served)
-            followers = _Followers(iterator, size - 1)
-            self._followers.append(followers)
-            yield first
-            followers.draw_all()  # before the next group's first batch, in the iterable's order
-            served += 1 + followers.drawn
-
-    def pop_followers(self) -> _Followers:
-        """The rest of the oldest group not yet run (Lightning may fetch a group ahead)."""
-        return self._followers.popleft() if self._followers else _Followers(iter(()), 0)
-
-
-_END = object()
-
-
-class _Followers:
-    """The batches of a group after its first, drawn from the iterator when asked for."""
-
-    def __init__(self, iterator: Iterator[Any], count: int) -> None:
-        self._iterator = iterator
-        self._undrawn = count
-        self._waiting: deque[Any] = deque()
-        self.drawn = 0
-
-    def __len__(self) -> int:
-        """The batches left, at most: the loader may end first."""
-        return len(self._waiting) + self._undrawn
-
-    def __iter__(self) -> Iterator[Any]:
-        while (batch := self.pop()) is not _END:
-            yield batch
-
-    def pop(self) -> Any:
-        if not self._waiting:
-            self._draw()
-        return self._waiting.popleft() if self._waiting else _END
-
-    def draw_all(self) -> None:
-        while self._undrawn:
-            self._draw()
-
-    def _draw(self) -> None:
-        if not self._undrawn:
-            return
-        batch = next(self._iterator, _END)
-        self._undrawn = self._undrawn - 1 if batch is not _END else 0
-        if batch is not _END:
-            self._waiting.append(batch)
-            self.drawn += 1
+log = logging.getLogger(__name__)
 
 
 class StepsPerExecution(Callback):
     """Runs ``steps`` batches per Lightning training step, each with its own optimizer step.
 
     Keras' ``compile(steps_per_execution=N)`` for any LightningModule under automatic
-    optimization, without changing it. The train loader's batches come in groups of ``steps``;
-    each batch of a group goes through Lightning's own automatic optimization (``training_step``,
+    optimization, without changing it. The train loader's batches, in the loader's own order
+    (any ``DataLoader``, shuffled or not, any sampler), come in groups of ``steps``; a group
+    ends early at the epoch's end and before a batch after which Lightning validates. Each
+    batch of a group goes through Lightning's own automatic optimization (``training_step``,
     ``zero_grad``, ``backward``, ``optimizer_step``, with the ``on_before_backward``,
     ``on_after_backward`` and ``on_before_optimizer_step`` hooks), and the LR schedulers, the
     step counters, ``max_steps``, ``limit_train_batches`` and the logging of step metrics follow
@@ -128,15 +42,19 @@ class StepsPerExecution(Callback):
     ``batch_idx`` in ``training_step`` and ``trainer.num_training_batches`` count batches, as
     without groups, so checkpoints resume mid-epoch whatever the group size of either run.
 
+    Running a batch between Lightning's own steps needs a few of Lightning's private names
+    (listed in ``lit_nnopt/_lightning_internals.py``), verified on Lightning 2.4 to 2.6. On
+    another version, or with a ``training_step`` that takes ``dataloader_iter``, the callback
+    says so in one line and lets Lightning run one batch per step: the same training, slower.
+
     Args:
         steps: batches per Lightning training step; 1 changes nothing.
 
     Raises:
         ValueError: ``steps`` is not a positive integer.
         MisconfigurationException: at fit start, for a module under manual optimization, with
-            ``Trainer(gradient_clip_val=...)`` or ``accumulate_grad_batches > 1``, with a
-            ``val_check_interval`` that falls inside a group, a ReduceLROnPlateau scheduler
-            stepped every step, or more than one train dataloader.
+            ``Trainer(gradient_clip_val=...)`` or ``accumulate_grad_batches > 1``, or with a
+            ReduceLROnPlateau scheduler stepped every step.
 
     Example::
 
@@ -168,8 +86,8 @@ class StepsPerExecution(Callback):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"`steps` must be a positive number of batches per training step, got {steps!r}.")
         self.steps = steps
-        self._run_one_batch: Any = None
-        self._default_batch_handling = False
+        self._grouped: GroupedSteps | None = None
+        self._told_fallback = False
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -185,141 +103,39 @@ class StepsPerExecution(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.steps == 1:
             return
-        optimization = trainer.fit_loop.epoch_loop.automatic_optimization
-        self._default_batch_handling = _default_batch_handling(trainer)
-        self._run_one_batch = optimization.run
-        optimization.run = self._run_group
-        self._group_train_loader(trainer)
-
-    @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.steps > 1:  # the loader may have been reloaded (`reload_dataloaders_every_n_epochs`)
-            self._group_train_loader(trainer)
+        obstacle = unverified_lightning(trainer) or ungroupable(trainer)
+        if obstacle is not None:
+            if not self._told_fallback and trainer.is_global_zero:
+                log.warning(
+                    f"StepsPerExecution(steps={self.steps}) runs one batch per Lightning step: {obstacle}. "
+                    "The weights are the same; only the speed-up is lost."
+                )
+                self._told_fallback = True
+            return
+        self._grouped = GroupedSteps(trainer, self.steps, _default_batch_handling(trainer))
+        self._grouped.install()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._run_one_batch is not None:
-            del trainer.fit_loop.epoch_loop.automatic_optimization.run  # the class' method again
-            self._run_one_batch = None
-        loader = trainer.fit_loop._combined_loader
-        if loader is not None and any(isinstance(batches, GroupedBatches) for batches in loader.flattened):
-            loader.flattened = [
-                getattr(b, "batches", b) if isinstance(b, GroupedBatches) else b for b in loader.flattened
-            ]
-
-    def _group_train_loader(self, trainer: pl.Trainer) -> None:
-        fit_loop = trainer.fit_loop
-        loader = fit_loop._combined_loader
-        if loader is None or all(isinstance(batches, GroupedBatches) for batches in loader.flattened):
-            return
-        if len(loader.flattened) != 1:
-            raise MisconfigurationException(
-                f"StepsPerExecution groups the batches of one train dataloader; this fit has "
-                f"{len(loader.flattened)}. Combine them into one, or remove the StepsPerExecution callback."
-            )
-
-        def max_batches() -> int | None:
-            # Batches left in this epoch: `limit_train_batches`, counted in batches, less those already run.
-            limit = trainer.num_training_batches
-            done = fit_loop.epoch_loop.batch_progress.current.ready
-            return None if limit == float("inf") else int(limit) - done
-
-        loader.flattened = [GroupedBatches(loader.flattened[0], self.steps, max_batches)]
-        iter(fit_loop._data_fetcher)  # the iterator Lightning made before is over the ungrouped loader
-
-    def _run_group(self, optimizer: torch.optim.Optimizer, batch_idx: int, kwargs: OrderedDict) -> Any:
-        """Lightning's automatic optimization of each batch of a group, with the loop's bookkeeping between them."""
-        trainer = self._run_one_batch.__self__.trainer  # the automatic optimization loop's
-        loop = trainer.fit_loop.epoch_loop
-        fetcher = trainer.fit_loop._data_fetcher
-        (grouped,) = trainer.fit_loop._combined_loader.flattened
-        followers = grouped.pop_followers()
-        step_schedulers = any(config.interval == "step" for config in trainer.lr_scheduler_configs)
-        device = trainer.strategy.root_device
-        run_one_batch = self._run_one_batch
-        if direct_step_obstacle(trainer) is None:
-            run_one_batch = DirectStep(trainer).run
-        # Lightning counted the group as one fetched batch: from here on it counts batches.
-        last_group = fetcher.done if fetcher.length is None else fetcher.fetched + len(followers) >= fetcher.length
-        loop.batch_progress.is_last_batch = last_group and not followers
-        # Lightning's `global_step` under automatic optimization, read without its chain of properties.
-        steps_taken = loop.automatic_optimization.optim_progress.optimizer.step.total
-        output = run_one_batch(optimizer, batch_idx, kwargs)
-        while followers:
-            # Inside a group the loop can only be done by `max_steps` or a stop: ask it only then.
-            maybe_done = trainer.should_stop or _is_max_limit_reached(steps_taken.completed, loop.max_steps)
-            if maybe_done and loop.done:
-                break
-            batch = followers.pop()
-            if batch is _END:
-                break
-            _close_batch(trainer, step_schedulers)
-            if not (self._default_batch_handling and _on_device(batch, device)):
-                batch = _transfer(trainer, batch)
-            fetcher.fetched += 1
-            if fetcher.length is not None:
-                fetcher.done = fetcher.fetched >= fetcher.length
-            loop.batch_progress.is_last_batch = last_group and not followers
-            loop.batch_progress.increment_ready()
-            trainer._logger_connector.on_batch_start(batch)
-            loop.batch_progress.increment_started()
-            batch_idx = loop.batch_idx
-            output = run_one_batch(optimizer, batch_idx, _with_batch(kwargs, batch, batch_idx))
-        return output
+        if self._grouped is not None:
+            self._grouped.remove()
+            self._grouped = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps}
 
 
-def _close_batch(trainer: pl.Trainer, step_schedulers: bool) -> None:
-    """What Lightning's training epoch loop does after a batch's optimizer step, less the per-batch hooks.
-
-    ``accumulate_grad_batches`` is 1 (larger is refused at setup): every batch steps the optimizer.
-    ``step_schedulers``: whether a scheduler is stepped per optimizer step.
-    """
-    loop = trainer.fit_loop.epoch_loop
-    loop.batch_progress.increment_processed()
-    if step_schedulers:
-        loop.update_lr_schedulers("step", update_plateau_schedulers=False)
-    loop.batch_progress.increment_completed()
-    # Lightning's logging cadence (`should_update_logs`), checked here first: most batches log nothing.
-    every = trainer.log_every_n_steps
-    if trainer.fast_dev_run or trainer.should_stop or (every and (loop._batches_that_stepped + 1) % every == 0):
-        trainer._logger_connector.update_train_step_metrics()
-    loop._batches_that_stepped += 1
-
-
-def _transfer(trainer: pl.Trainer, batch: Any) -> Any:
-    """The conversion and device transfer that Lightning applies to each batch it fetches."""
-    batch = trainer.precision_plugin.convert_input(batch)
-    batch = trainer.lightning_module._on_before_batch_transfer(batch, dataloader_idx=0)
-    return trainer.strategy.batch_to_device(batch, dataloader_idx=0)
-
-
 def _default_batch_handling(trainer: pl.Trainer) -> bool:
     """Whether Lightning's conversion and transfer leave a batch already on the device as it is."""
+    host = namespace_of(trainer)
     hooks = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
-    owners = [(trainer.lightning_module, pl.LightningModule)]
+    owners = [(trainer.lightning_module, host.LightningModule)]
     if trainer.datamodule is not None:
-        owners.append((trainer.datamodule, pl.LightningDataModule))
+        owners.append((trainer.datamodule, host.LightningDataModule))
     overridden = any(is_overridden(hook, owner, parent) for hook in hooks for owner, parent in owners)
-    return not overridden and type(trainer.precision_plugin).convert_input is FabricPrecision.convert_input
-
-
-def _on_device(batch: Any, device: torch.device) -> bool:
-    # The common case only, checked cheaply: a tuple or list of tensors.
-    return isinstance(batch, (tuple, list)) and all(
-        isinstance(item, torch.Tensor) and item.device == device for item in batch
-    )
-
-
-def _with_batch(kwargs: OrderedDict, batch: Any, batch_idx: int) -> OrderedDict:
-    step_kwargs = OrderedDict(kwargs)
-    step_kwargs["batch"] = batch
-    if "batch_idx" in step_kwargs:
-        step_kwargs["batch_idx"] = batch_idx
-    return step_kwargs
+    default_conversion = host.plugins.precision.Precision.convert_input
+    return not overridden and type(trainer.precision_plugin).convert_input is default_conversion
 
 
 def _check_trainer(trainer: pl.Trainer, pl_module: pl.LightningModule, steps: int) -> None:
@@ -340,12 +156,6 @@ def _check_trainer(trainer: pl.Trainer, pl_module: pl.LightningModule, steps: in
             f"`Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches})` is not supported with "
             f"StepsPerExecution(steps={steps}): each batch of a group gets its own optimizer step. Raise the "
             "batch size instead of accumulating, or remove StepsPerExecution."
-        )
-    if isinstance(trainer.val_check_interval, int) and trainer.val_check_interval % steps:
-        raise MisconfigurationException(
-            f"`Trainer(val_check_interval={trainer.val_check_interval})` falls inside a group of "
-            f"StepsPerExecution(steps={steps}), where validation cannot run. Use a multiple of {steps} "
-            "batches, or a fraction of the epoch."
         )
 
 
