@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch.optim import Optimizer
 from typing_extensions import override
+
+from lit_nnopt._host import Callback
 
 
 class GradientNormMonitor(Callback):

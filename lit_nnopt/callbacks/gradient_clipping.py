@@ -10,12 +10,12 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
+
+from lit_nnopt._host import Callback, host_classes
 
 _MODES = ("norm", "per_tensor_norm", "value", "agc", "autoclip")
 _ON_NONFINITE = ("skip", "raise")
@@ -38,6 +38,8 @@ _BOUNDS = {
 }
 # Added to a norm before dividing by it, as torch.nn.utils.clip_grad_norm_ does.
 _NORM_EPS = 1e-6
+# Strategies that shard the gradients, so that a norm computed on one rank is not the whole's.
+_SHARDING_STRATEGIES = host_classes("strategies", "FSDPStrategy") + host_classes("strategies", "DeepSpeedStrategy")
 
 
 def total_norm(tensors: list[Tensor]) -> Tensor:
@@ -213,7 +215,7 @@ class GradientClipping(Callback):
                 " would both clip the gradients. Use one: remove `gradient_clip_val` from the Trainer (for the"
                 " same effect, GradientClipping(mode='norm' or 'value', ...)), or remove the callback."
             )
-        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
+        if isinstance(trainer.strategy, _SHARDING_STRATEGIES):
             raise MisconfigurationException(
                 f"GradientClipping does not support {type(trainer.strategy).__name__}: it shards the gradients,"
                 " so each rank would clip by the norm of its own shard. Use the strategy's own clipping."

@@ -16,9 +16,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from lit_nnopt._host import host_classes
 from lit_nnopt.callbacks.exact_resume import ExactResume
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class InterruptCheckpoint(ExactResume):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
+        if isinstance(exception, host_classes("utilities.exceptions", "SIGTERMException")):
             signum = self._signal or signal.SIGTERM
             exception.code = 128 + signum
             self._save_and_explain(trainer, signal.Signals(signum).name)
@@ -193,7 +193,7 @@ class InterruptCheckpoint(ExactResume):
             return
         path = self._checkpoint_path(trainer)
         checkpoint = trainer.checkpoint_callback
-        if isinstance(checkpoint, ModelCheckpoint) and path.stem == checkpoint.CHECKPOINT_NAME_LAST:
+        if checkpoint is not None and path.stem == checkpoint.CHECKPOINT_NAME_LAST:
             # Stored in the checkpoint, so that after a resume ModelCheckpoint overwrites this
             # file with its next `last.ckpt` instead of writing `last-v1.ckpt` beside it.
             checkpoint.last_model_path = str(path)
@@ -212,7 +212,7 @@ class InterruptCheckpoint(ExactResume):
         checkpoint = trainer.checkpoint_callback
         if self.dirpath:
             folder = Path(self.dirpath)
-        elif isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath:
+        elif checkpoint is not None and checkpoint.dirpath:
             folder = Path(checkpoint.dirpath)
         else:
             folder = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"

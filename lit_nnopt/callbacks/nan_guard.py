@@ -8,12 +8,12 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lit_nnopt._host import Callback
 from lit_nnopt.callbacks._shared import check_lr_schedulers, scale_lr
 
 _ACTIONS = ("rollback", "stop")
@@ -215,7 +215,7 @@ class NaNGuard(Callback):
         if self.dirpath:
             return Path(self.dirpath)
         checkpoint = trainer.checkpoint_callback
-        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.dirpath:
+        if checkpoint is not None and checkpoint.dirpath:
             return Path(checkpoint.dirpath)
         return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
 

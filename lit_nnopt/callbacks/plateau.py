@@ -7,13 +7,13 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from typing_extensions import override
 
+from lit_nnopt._host import Callback
 from lit_nnopt.callbacks._shared import check_lr_schedulers, scale_lr
 from lit_nnopt.callbacks.monitor import MonitorMixin, resolve_check_on_train_epoch_end, resolve_mode
 
