@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +30,7 @@ from lit_nnopt import MLP, MNISTClassifier, _lightning_internals
 from lit_nnopt.app.progress import CheapRichProgressBar
 from lit_nnopt.callbacks import GradientClipping, NaNGuard, StepsPerExecution
 from lit_nnopt.data import BatchLoader
-from tests.helpers import CONFIGS, run_cli
+from tests.helpers import CONFIGS, REPO, run_cli
 
 SAMPLES, BATCH = 110, 10  # 11 batches an epoch
 K = 3  # groups of 3, 3, 3, 2
@@ -898,6 +900,24 @@ def test_ddp_groups_train_like_single_batches_on_every_rank(mnist_dir, tmp_path)
         assert [rank["global_step"] for rank in ranks] == [375, 375]  # 24,000 samples a rank, groups 4 * 93 + 3
         _assert_same_tensors(ranks[1]["weights"], ranks[0]["weights"])
     _assert_same_tensors(grouped[0]["weights"], single[0]["weights"])
+
+
+def _ddp_dataloader_fit(steps: int, out_dir: Path) -> list[dict]:
+    command = [sys.executable, "-m", "tests.helpers.ddp_dataloader_fit", str(steps), str(out_dir)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+
+
+@pytest.mark.slow
+def test_ddp_with_a_distributed_sampler_serves_each_rank_the_same_batches_and_weights(tmp_path):
+    grouped = _ddp_dataloader_fit(K, tmp_path / "grouped")
+    single = _ddp_dataloader_fit(1, tmp_path / "single")
+    for rank in range(2):
+        assert grouped[rank]["global_step"] == single[rank]["global_step"] == 3 * 13  # 100 samples a rank, batches of 8
+        assert torch.equal(grouped[rank]["labels"], single[rank]["labels"])
+        _assert_same_tensors(grouped[rank]["weights"], single[rank]["weights"])
+    assert not torch.equal(single[0]["labels"], single[1]["labels"]), "each rank its own share"
 
 
 # -- the progress bar -------------------------------------------------------------------------
