@@ -679,6 +679,30 @@ def test_validation_runs_after_the_same_batches_as_without_groups(trainer_kwargs
     _assert_same_training(fits[K], fits[1])
 
 
+class TwoLoaderModule(ForeignModule):
+    """Trains on a dict of two loaders, as Lightning combines them (``max_size_cycle``)."""
+
+    def training_step(self, batch, batch_idx):
+        (images, labels), (more_images, more_labels) = batch["main"], batch["extra"]
+        return super().training_step((torch.cat([images, more_images]), torch.cat([labels, more_labels])), batch_idx)
+
+
+@pytest.mark.usefixtures("step_path")
+def test_several_train_loaders_are_grouped_as_lightning_combines_them():
+    def fit(steps: int) -> tuple:
+        pl.seed_everything(11, verbose=False)
+        model, trainer = TwoLoaderModule(), _trainer(steps, max_epochs=2)
+        loaders = {"main": _loader("DataLoader"), "extra": _loader("DataLoader-generator", count=50)}
+        trainer.fit(model, train_dataloaders=loaders)
+        trainer.rng_state_after_fit = torch.get_rng_state()
+        return model, trainer
+
+    single, grouped = fit(1), fit(K)
+    assert single[1].global_step == 22
+    assert grouped[0].seen_batch_indices == single[0].seen_batch_indices
+    _assert_same_training(grouped, single)
+
+
 # -- a Lightning version the grouped path was not verified on -----------------------------------------------
 
 
