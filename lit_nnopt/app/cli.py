@@ -54,6 +54,7 @@ from lit_nnopt.app.runs import (
     resume_command,
     run_folder_of,
 )
+from lit_nnopt.app.schedule_length import ScheduleLength
 from lit_nnopt.callbacks import InterruptCheckpoint
 from lit_nnopt.checkpoint_io import AtomicCheckpointIO
 from lit_nnopt.data import MNISTDataModule
@@ -61,9 +62,10 @@ from lit_nnopt.model import MNISTClassifier
 
 
 def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
-    """Progress bar, model summary, LR monitor, run summary, pictures, interrupt checkpoint, prediction CSV.
+    """The callbacks of every CLI run, each unless ``trainer_config`` gives one of its kind.
 
-    Each unless ``trainer_config`` gives one of its kind.
+    A progress bar, a model summary, an LR monitor, the run summary, the pictures, the interrupt
+    checkpoint, the prediction CSV and the check of a fixed-length schedule against the run.
     """
     given = list(trainer_config.get("callbacks") or [])
     defaults: list[Callback] = []
@@ -81,6 +83,8 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
         defaults.append(InterruptCheckpoint())
     if not _has(given, PredictionWriter):
         defaults.append(PredictionWriter())
+    if not _has(given, ScheduleLength):
+        defaults.append(ScheduleLength())
     return given + defaults
 
 
