@@ -2,24 +2,10 @@
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from lit_nnopt import MNISTClassifier
 from lit_nnopt.app.checks import check_checkpoint
-
-
-@pytest.fixture
-def torch_load_that_maps_only_file_names(monkeypatch):
-    """``torch.load`` as torch 2.2 had it: ``mmap=True`` with anything but a str is refused."""
-    real_load = torch.load
-
-    def load(f, *args, mmap=None, **kwargs):
-        if mmap and not isinstance(f, str):
-            raise ValueError("f must be a string filename in order to use mmap argument")
-        return real_load(f, *args, mmap=mmap, **kwargs)
-
-    monkeypatch.setattr(torch, "load", load)
 
 
 def test_a_good_checkpoint_is_not_reported_damaged_where_mmap_needs_a_file_name(

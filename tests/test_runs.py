@@ -44,6 +44,23 @@ def test_the_best_checkpoint_is_found_from_the_summary_or_from_last_ckpt(tmp_pat
     assert best_checkpoint(interrupted) == interrupted / "checkpoints" / "best-00-0.9000.ckpt"
 
 
+def test_an_interrupted_run_is_found_where_mmap_needs_a_file_name(tmp_path, torch_load_that_maps_only_file_names):
+    interrupted = _run(tmp_path, "b", best="best-00-0.9000.ckpt", summary=False)
+    assert best_checkpoint(interrupted) == interrupted / "checkpoints" / "best-00-0.9000.ckpt"
+    assert best_run_checkpoint(tmp_path, CONFIG).checkpoint == interrupted / "checkpoints" / "best-00-0.9000.ckpt"
+
+
+def test_a_last_ckpt_that_cannot_be_read_is_named_once_not_passed_over_silently(tmp_path, capsys):
+    damaged = _run(tmp_path, "damaged", best="best-05-0.9900.ckpt", summary=False)
+    last = damaged / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])
+    good = _run(tmp_path, "good", best="best-03-0.9700.ckpt")
+    assert best_run_checkpoint(tmp_path, CONFIG).checkpoint == good / "checkpoints" / "best-03-0.9700.ckpt"
+    err = capsys.readouterr().err
+    assert err.count(f"lit_nnopt: {last} cannot be read (") == 1, err
+    assert "that run is passed over (to use it, give one of its checkpoints/*.ckpt as --ckpt_path)" in err
+
+
 def test_best_is_the_best_checkpoint_by_the_monitor_among_the_config_runs_wherever_its_data_lies(tmp_path):
     full = _run(tmp_path, "full", best="best-19-0.9818.ckpt", age=0)
     _run(tmp_path, "check", best="best-00-0.9589.ckpt", age=100)  # a newer, shorter run

@@ -7,11 +7,13 @@ without a logger ``<default_root_dir>/fit-<date>-<time>``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,16 +71,27 @@ def best_checkpoint(run: Path) -> Path | None:
 
 
 def _model_checkpoint_state(run: Path) -> dict[str, Any]:
-    """The ModelCheckpoint state its ``last.ckpt`` holds, or {} (no such file, or a damaged one)."""
+    """The ModelCheckpoint state its ``last.ckpt`` holds, or {} (no such file, or one that cannot be read)."""
     last = run / CHECKPOINTS / "last.ckpt"
     if not last.is_file():
         return {}
     try:
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
-    except Exception:  # a damaged last.ckpt: the run has no best checkpoint we can name
+        # A str: torch before 2.3 memory-maps only a file name given as one, and refuses a Path.
+        state = torch.load(str(last), map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    except Exception as error:  # damaged, or written by a newer torch: the run's best checkpoint stays unknown
+        _say_unreadable(last, str(error).strip().split(". ")[0] or type(error).__name__)
         return {}
     found = [value for key, value in state.items() if key.startswith("ModelCheckpoint") and isinstance(value, dict)]
     return next((value for value in found if value.get("best_model_path")), {})
+
+
+@functools.cache
+def _say_unreadable(last: Path, reason: str) -> None:
+    """Says once per file that a run is left out of the lookup, rather than finding nothing without a word."""
+    sys.stderr.write(
+        f"lit_nnopt: {last} cannot be read ({reason}), so its run's best checkpoint is not known; "
+        "that run is passed over (to use it, give one of its checkpoints/*.ckpt as --ckpt_path).\n"
+    )
 
 
 def _best_in_last_checkpoint(run: Path) -> str | None:
