@@ -9,8 +9,6 @@ run's ``summary.json`` (see ``lit_nnopt.app.reports.RunSummary``) and go to ``DI
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_nnopt.app.machine import machine_line
 from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT, OK, SUMMARY_FILE
 
 DEFAULT_OUT = "runs/comparison"
@@ -193,30 +192,6 @@ def _cell(run: Run, key: str) -> str:
     return str(value)
 
 
-def machine() -> str:
-    """The hardware and library versions the runs used, in one line."""
-    import lightning
-    import torch
-
-    cpu = f"{_cpu_name()}, {os.cpu_count()} cores"
-    device = f"{torch.cuda.get_device_name(0)}, {cpu}" if torch.cuda.is_available() else cpu
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return (
-        f"{platform.machine()} {platform.system()}, {device}"
-        + (f", OMP_NUM_THREADS={threads}" if threads else "")
-        + f"; Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}"
-    )
-
-
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:  # not Linux
-        return platform.processor() or "CPU"
-    names = [line.partition(":")[2].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else "CPU"
-
-
 def write_markdown(runs: list[Run], path: Path, command: str) -> None:
     """The table as Markdown, with the command and the machine that produced it."""
     header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
@@ -228,7 +203,7 @@ def write_markdown(runs: list[Run], path: Path, command: str) -> None:
                 "# Comparison",
                 "",
                 f"Command: `{command}`  ",
-                f"Machine: {machine()}",
+                f"Machine: {machine_line()}",
                 "",
                 header,
                 rule,
