@@ -288,11 +288,11 @@ class LitNNOptCLI(LightningCLI):
         """Say which checkpoint is best and the command that tests it; or that the run did not learn, and why."""
         if not self.trainer.is_global_zero:
             return
-        recorded = next((cb.summary for cb in self.trainer.callbacks if isinstance(cb, RunSummary)), {})
-        if recorded.get("status", OK) != OK:
+        recorder = next((cb for cb in self.trainer.callbacks if isinstance(cb, RunSummary)), None)
+        if recorder is not None and recorder.summary.get("status", OK) != OK:
             self.did_not_learn = True
-            config = self.config.get(str(self.subcommand), self.config)
-            sys.stderr.write(did_not_learn_message(recorded, _init_arg(config.get("optimizer"), "lr")) + "\n")
+            lr = _init_arg(self.config.get(str(self.subcommand), self.config).get("optimizer"), "lr")
+            sys.stderr.write(did_not_learn_message(recorder.summary, lr, recorder.num_classes) + "\n")
             return
         checkpoint = self.trainer.checkpoint_callback
         if not isinstance(checkpoint, ModelCheckpoint):

@@ -10,10 +10,11 @@ in the middle of training. Both are said before the first training step.
 from __future__ import annotations
 
 import math
+import sys
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from typing_extensions import override
 
@@ -24,6 +25,8 @@ class ScheduleTooShortError(ValueError):
 
 class ScheduleLength(Callback):
     """Warns when a scheduler's ``total_steps`` exceed the steps of the run; refuses a run that needs more.
+
+    The warning is one ``lit_nnopt: warning:`` line on stderr, from rank zero.
 
     Applies to every LR scheduler with a ``total_steps`` attribute (``torch.optim.lr_scheduler.OneCycleLR``).
     The run's scheduler steps are ``trainer.estimated_stepping_batches`` (optimizer steps:
@@ -53,15 +56,21 @@ class ScheduleLength(Callback):
             return
         steps = int(intervals) // config.frequency
         name = type(config.scheduler).__name__
-        fix = f"set `--lr_scheduler.total_steps {steps}` to fit the whole schedule into this run"
+        fix = f"`--lr_scheduler.total_steps {steps}` fits the whole schedule into this run"
         if steps > total:
             raise ScheduleTooShortError(
                 f"{name} has total_steps {total}, but this fit takes {steps} {unit}: torch stops it with an error "
-                f"at step {total + 1}. Shorten the run (`--trainer.max_epochs`, `--trainer.max_steps`) or {fix}."
+                f"at step {total + 1}. Shorten the run (`--trainer.max_epochs`, `--trainer.max_steps`), or {fix}."
             )
         if steps < total:
-            rank_zero_warn(
+            _warn(
                 f"{name} has total_steps {total}, but this fit takes only {steps} {unit}: the schedule stops at "
-                f"{steps / total:.0%} of its length, before it has annealed, so the run is not the technique "
-                f"configured. To run it whole, {fix}, or train for its length."
+                f"{100 * steps / total:.2g}% of its length, before it has annealed, so this run is not the technique "
+                f"the config names. {fix}; or train for the schedule's length."
             )
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    # A line like the CLI's others, not Python's warning format with this file's path and line.
+    sys.stderr.write(f"lit_nnopt: warning: {message}\n")
