@@ -15,11 +15,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+_CPUINFO = Path("/proc/cpuinfo")  # Linux only
+
 
 def cpu_name() -> str:
     """The processor's model name where Linux tells it, else its architecture."""
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        lines = _CPUINFO.read_text().splitlines()
     except OSError:  # not Linux
         lines = []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
