@@ -110,3 +110,9 @@ def test_the_closing_paragraph_says_what_went_wrong_and_what_to_do():
     untrained = {"status": AT_CHANCE, "problem": "val_acc stayed at chance", "history": [{"train_loss": 2.291}]}
     assert "train_loss 2.291 at the end, near a uniform guess's 2.30" in did_not_learn_message(untrained, lr=0.01)
     assert "train for more steps" in did_not_learn_message(untrained, lr=0.01)
+
+
+def test_a_run_that_had_nan_guard_is_not_told_to_add_it():
+    diverged = {"status": DIVERGED, "problem": "train_loss became NaN or infinite in epoch 0", "history": []}
+    message = did_not_learn_message(diverged, lr=1e25, suggest_nan_guard=False)
+    assert "Lower the learning rate (this run's: 1e+25). (Exit status 3.)" in message and "NaNGuard" not in message

@@ -55,7 +55,7 @@ from lit_nnopt.app.runs import (
     run_folder_of,
 )
 from lit_nnopt.app.schedule_length import ScheduleLength
-from lit_nnopt.callbacks import InterruptCheckpoint
+from lit_nnopt.callbacks import InterruptCheckpoint, NaNGuard
 from lit_nnopt.checkpoint_io import AtomicCheckpointIO
 from lit_nnopt.data import MNISTDataModule
 from lit_nnopt.model import MNISTClassifier
@@ -156,8 +156,8 @@ class LitNNOptCLI(LightningCLI):
         if subcommand:
             _check_output_dirs(config)  # the folders as given, before a run folder is named below them
             self._place_run(str(subcommand), config)
-        # LightningCLI next loads `--ckpt_path` to build the model from its hyperparameters:
-        # a file that is not a checkpoint of this model must be refused before, and clearly.
+        # The model is built from the hyperparameters of `--ckpt_path`: a file that is not a
+        # checkpoint of this model must be refused before, and clearly.
         ckpt_path = config.get("ckpt_path")
         checkpoint = load_checkpoint_to_check(str(ckpt_path), config.get("weights_only")) if ckpt_path else None
         if checkpoint is not None:
@@ -166,6 +166,20 @@ class LitNNOptCLI(LightningCLI):
             note = describe_model_override(checkpoint, net.as_dict() if hasattr(net, "as_dict") else net)
             if note:
                 sys.stderr.write(f"lit_nnopt: {note}.\n")
+            self._take_model_arguments(parser, checkpoint)
+
+    def _take_model_arguments(self, parser: LightningArgumentParser, checkpoint: dict[str, Any]) -> None:
+        """The model's arguments from the checkpoint's hyperparameters, over the config's.
+
+        What LightningCLI does itself from Lightning 2.5 on (again after this, to the same
+        result); Lightning 2.4 would build the config's model and fail to load the weights.
+        """
+        hyperparameters = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k != "_instantiator"}
+        if not hyperparameters:
+            return
+        subcommand = self.config.get("subcommand")
+        model = {"model": hyperparameters}
+        self.config = parser.parse_object({subcommand: model} if subcommand else model, self.config)
 
     def _place_run(self, subcommand: str, config: Any) -> None:
         """Which checkpoint the run uses and which folder it writes to.
@@ -292,7 +306,9 @@ class LitNNOptCLI(LightningCLI):
         if recorder is not None and recorder.summary.get("status", OK) != OK:
             self.did_not_learn = True
             lr = _init_arg(self.config.get(str(self.subcommand), self.config).get("optimizer"), "lr")
-            sys.stderr.write(did_not_learn_message(recorder.summary, lr, recorder.num_classes) + "\n")
+            guarded = _has(self.trainer.callbacks, NaNGuard)
+            message = did_not_learn_message(recorder.summary, lr, recorder.num_classes, suggest_nan_guard=not guarded)
+            sys.stderr.write(message + "\n")
             return
         checkpoint = self.trainer.checkpoint_callback
         if not isinstance(checkpoint, ModelCheckpoint):

@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_nnopt.callbacks import EarlyStopping as LitEarlyStopping
+
 SUMMARY_FILE = "summary.json"
 # A run "stayed at chance" when its best validation accuracy stays below this multiple of
 # 1 / num_classes. A model that predicts one class scores 1 / num_classes on balanced data
@@ -91,7 +93,9 @@ def run_health(history: list[dict[str, Any]], num_classes: int = 10) -> dict[str
     return {"status": OK, "problem_epoch": None, "problem": None}
 
 
-def did_not_learn_message(summary: dict[str, Any], lr: float | None = None, num_classes: int = 10) -> str:
+def did_not_learn_message(
+    summary: dict[str, Any], lr: float | None = None, num_classes: int = 10, suggest_nan_guard: bool = True
+) -> str:
     """The paragraph that ends a ``fit`` whose ``summary.json`` says it diverged or stayed at chance.
 
     For a run at chance the advice follows its last ``train_loss``: above 1.5 times that of a
@@ -102,15 +106,18 @@ def did_not_learn_message(summary: dict[str, Any], lr: float | None = None, num_
         summary: the fit's summary, with ``status``, ``problem`` and ``history``.
         lr: the optimizer's learning rate, named in the advice.
         num_classes: the classes of the task.
+        suggest_nan_guard: name ``NaNGuard`` as a remedy (not where the run had one).
     """
     this_lr = f" (this run's: {lr:g})" if isinstance(lr, (int, float)) else ""
     if summary.get("status") == DIVERGED:
         verdict = f"this run diverged: {summary.get('problem')}"
-        advice = (
-            f"Lower the learning rate{this_lr}, or add NaNGuard, which goes back to the last good weights and "
-            "cuts the lr when the loss is not finite: "
-            "`--trainer.callbacks+=lit_nnopt.callbacks.NaNGuard --trainer.callbacks.lr_factor 0.1`."
-        )
+        advice = f"Lower the learning rate{this_lr}."
+        if suggest_nan_guard:
+            advice = (
+                f"Lower the learning rate{this_lr}, or add NaNGuard, which goes back to the last good weights and "
+                "cuts the lr when the loss is not finite: "
+                "`--trainer.callbacks+=lit_nnopt.callbacks.NaNGuard --trainer.callbacks.lr_factor 0.1`."
+            )
     else:
         losses = [row["train_loss"] for row in summary.get("history", []) if row.get("train_loss") is not None]
         guess = math.log(num_classes)
@@ -254,7 +261,8 @@ def stop_reason(trainer: pl.Trainer) -> str:
         return "interrupted"
     for callback in trainer.callbacks:
         message = getattr(callback, "stopping_reason_message", None)
-        if isinstance(callback, EarlyStopping) and (message or callback.stopped_epoch):
+        # lit_nnopt's EarlyStopping is a class of its own, not a subclass of Lightning's.
+        if isinstance(callback, (EarlyStopping, LitEarlyStopping)) and (message or callback.stopped_epoch):
             message = message or f"{callback.monitor} stopped improving"
             return f"early stopping at epoch {callback.stopped_epoch}: {message}"
         if message:
