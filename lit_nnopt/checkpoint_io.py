@@ -14,7 +14,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol, get_filesystem
 
-# Whether Lightning hands `weights_only` to its checkpoint IO (not yet in Lightning 2.4).
+# Whether Lightning hands `weights_only` to its checkpoint IO (2.6.6 does, 2.5.6 does not).
 _LIGHTNING_LOADS_WEIGHTS_ONLY = "weights_only" in inspect.signature(TorchCheckpointIO.load_checkpoint).parameters
 
 
@@ -63,7 +63,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if _LIGHTNING_LOADS_WEIGHTS_ONLY:
             kwargs = {"map_location": map_location} if map_location is not None else {}
             return super().load_checkpoint(path, weights_only=weights_only, **kwargs)
-        # Lightning 2.4 loads with torch's default, which before torch 2.6 unpickles anything: load here.
+        # Such a Lightning loads with torch's default, which before torch 2.6 unpickles anything: load here.
         filesystem = get_filesystem(path)
         if not filesystem.exists(path):
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
