@@ -32,9 +32,7 @@ import datetime
 import itertools
 import json
 import os
-import platform
 import shlex
-import shutil
 import signal
 import statistics
 import subprocess
@@ -263,7 +261,7 @@ def cnn_reference(args: argparse.Namespace) -> None:
     """configs/cnn.yaml by hand on one device: the CNN, AdamW (no decay on biases and norms), OneCycle, batch 64."""
     import torch
 
-    from lit_nnopt.app.bench import load_split, torch_device, train_by_hand
+    from lit_nnopt.app.bench_reference_loop import load_split, torch_device, train_by_hand
     from lit_nnopt.app.environment import fit_threads_to_free_cpus
     from lit_nnopt.networks import CNN
 
@@ -308,35 +306,6 @@ def bench(args: argparse.Namespace, run: Runner, out: Path) -> dict[str, Any]:
             flush=True,
         )
     return {"ok": result["ok"], "size": size, "commands": [result["command"]], "medians": figures.get("medians")}
-
-
-def machine(accelerator: str) -> dict[str, Any]:
-    """The GPUs, driver, CUDA, library versions and CPU of this machine."""
-    import lightning
-    import torch
-
-    from lit_nnopt.app.bench import cpu_name
-
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if accelerator == "gpu" else []
-    return {
-        "gpus": gpus,
-        "driver": _nvidia_smi("driver_version"),
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-    }
-
-
-def _nvidia_smi(field: str) -> str | None:
-    if shutil.which("nvidia-smi") is None:
-        return None
-    query = ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"]
-    result = subprocess.run(query, capture_output=True, text=True, check=False)
-    return result.stdout.splitlines()[0].strip() if result.returncode == 0 and result.stdout.strip() else None
 
 
 def commit() -> dict[str, Any]:
@@ -466,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     sys.path.insert(0, str(REPO))  # `python benchmarks/gpu.py` imports this checkout's lit_nnopt
     from lit_nnopt.app.bench import default_data_dir
+    from lit_nnopt.app.machine import machine_record
 
     args.data_dir = str(Path(args.data_dir or default_data_dir()).resolve())
     args.accelerator = args.accelerator or ("cpu" if args.dry_run else "gpu")
@@ -494,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
             "data_dir": args.data_dir,
             "budget_seconds": args.budget,
             **commit(),
-            "machine": machine(args.accelerator),
+            "machine": machine_record(args.accelerator),
         }
         record["speedrun"] = speedrun(args, run, work)
         record["ddp"] = _if_time(args, run, "ddp", lambda: ddp(args, run, work))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import re
 import tempfile
@@ -11,7 +12,10 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol, get_filesystem
+
+# Whether Lightning hands `weights_only` to its checkpoint IO (2.6.6 does, 2.5.6 does not).
+_LIGHTNING_LOADS_WEIGHTS_ONLY = "weights_only" in inspect.signature(TorchCheckpointIO.load_checkpoint).parameters
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -55,8 +59,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         _fsync_folder(target.parent)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        kwargs = {"map_location": map_location} if map_location is not None else {}
-        return super().load_checkpoint(path, weights_only=True if weights_only is None else weights_only, **kwargs)
+        weights_only = True if weights_only is None else weights_only
+        if _LIGHTNING_LOADS_WEIGHTS_ONLY:
+            kwargs = {"map_location": map_location} if map_location is not None else {}
+            return super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+        # Such a Lightning loads with torch's default, which before torch 2.6 unpickles anything: load here.
+        filesystem = get_filesystem(path)
+        if not filesystem.exists(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        with filesystem.open(path, "rb") as file:
+            return torch.load(file, map_location=map_location, weights_only=weights_only)
 
 
 class CheckpointSaveError(OSError):

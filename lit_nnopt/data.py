@@ -8,6 +8,7 @@ itself for a network this small.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
@@ -21,10 +22,12 @@ import torch
 from lit_nnopt.idx import DATASETS, DataError, IDXFile, VerificationCache, load_verified
 
 DATA_DIR_ENV = "LIT_NNOPT_DATA_DIR"
+# The one data folder a download may create: a mistyped `data_dir` must not become a new folder.
+DEFAULT_DATA_DIR = "./data"
 
 
 def default_data_dir() -> str:
-    return os.environ.get(DATA_DIR_ENV, "./data")
+    return os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR)
 
 
 def _pixel_mean_and_std(images: torch.Tensor) -> tuple[float, float]:
@@ -151,7 +154,8 @@ class MNISTDataModule(pl.LightningDataModule):
     Args:
         data_dir: a torchvision root (``<data_dir>/MNIST/raw/``) or a folder holding the four
             IDX files directly, each raw or ``.gz``. Defaults to ``$LIT_NNOPT_DATA_DIR``, else
-            ``./data``.
+            ``./data``. A folder that does not exist is refused, not created, unless it is
+            ``./data`` and the files are downloaded.
         batch_size: training samples per batch and per device.
         eval_batch_size: validation, test and prediction samples per batch and per device.
             Larger batches only evaluate faster: the metrics are the same.
@@ -223,6 +227,8 @@ class MNISTDataModule(pl.LightningDataModule):
         missing = self.missing_files()
         if not missing:
             return
+        if not self.data_dir.is_dir() and self.data_dir != Path(DEFAULT_DATA_DIR):
+            raise DataError(self._no_data_dir_message())
         searched = ", ".join(str(d) for d in self.search_dirs())
         if not self.download:
             raise DataError(
@@ -231,6 +237,20 @@ class MNISTDataModule(pl.LightningDataModule):
                 "`--data.download true` where a network is available."
             )
         self._download(searched)
+
+    def _no_data_dir_message(self) -> str:
+        folder = self.data_dir
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        parent = folder.parent if folder.parent.is_dir() else None
+        siblings = [path.name for path in parent.iterdir() if path.is_dir()] if parent else []
+        close = difflib.get_close_matches(folder.name, siblings, n=1)
+        hint = f" (did you mean {parent / close[0]}?)" if close and parent else ""
+        return (
+            f"{self.dataset} files missing: the data folder {folder} {what}{hint}. Point `--data.data_dir` (or "
+            f"${DATA_DIR_ENV}) at the folder that holds the four IDX files. A folder other than the default "
+            f"{DEFAULT_DATA_DIR} is not created, so that a mistyped path does not start a download into a new, "
+            "empty folder: to download into a new folder, create it first."
+        )
 
     def _download(self, searched: str) -> None:
         from torchvision import datasets  # only needed the first time, online

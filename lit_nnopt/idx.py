@@ -56,6 +56,23 @@ DATASETS: dict[str, tuple[str, tuple[IDXFile, ...]]] = {
 }
 
 
+# How a user names each dataset, and the `--data.dataset` value that selects it.
+DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+
+
+def known_file(md5: str) -> tuple[str, IDXFile] | None:
+    """(dataset, file) of the canonical file with this MD5, or None."""
+    for dataset, (_, files) in DATASETS.items():
+        for file in files:
+            if file.md5 == md5:
+                return dataset, file
+    return None
+
+
+def _dataset_of(expected: IDXFile) -> str | None:
+    return next((dataset for dataset, (_, files) in DATASETS.items() if expected in files), None)
+
+
 def read_bytes(path: Path) -> bytes:
     """The uncompressed content of a raw or gzip'd file."""
     try:
@@ -140,6 +157,7 @@ def load_verified(path: Path, expected: IDXFile, cache: VerificationCache) -> to
     if not cache.is_verified(path, expected.md5):
         actual = hashlib.md5(content).hexdigest()
         if actual != expected.md5:
+            _refuse_another_dataset(path, expected, actual)
             raise DataError(
                 f"{path} does not hold the canonical {expected.name}: the MD5 of its uncompressed "
                 f"content is {actual}, expected {expected.md5} ({len(content)} bytes read). The file "
@@ -150,3 +168,24 @@ def load_verified(path: Path, expected: IDXFile, cache: VerificationCache) -> to
     if tuple(tensor.shape) != expected.shape:
         raise DataError(f"{path} has shape {tuple(tensor.shape)}, expected {expected.shape}.")
     return tensor
+
+
+def _refuse_another_dataset(path: Path, expected: IDXFile, md5: str) -> None:
+    """Raise a DataError that names the dataset when ``path`` is a canonical file of another one (or the wrong file)."""
+    found = known_file(md5)
+    if found is None:
+        return
+    dataset, file = found
+    wanted = _dataset_of(expected)
+    title = DATASET_TITLES.get(dataset, dataset)
+    if dataset != wanted:
+        raise DataError(
+            f"{path} is {title}'s {file.name} (its MD5 is that file's), but the run reads "
+            f"{DATASET_TITLES.get(wanted or '', wanted)}. To train on {title}, select it with "
+            f"`--data.dataset {dataset}` (or `data: dataset: {dataset}` in the config); otherwise point "
+            "`--data.data_dir` at a folder that holds the other dataset's files."
+        )
+    raise DataError(
+        f"{path} holds {title}'s {file.name}, not its {expected.name}: the file was renamed. Give each "
+        "file its own name (train-images, train-labels, t10k-images, t10k-labels)."
+    )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
-import inspect
 import warnings
 from typing import Any, Literal
 
@@ -16,7 +16,17 @@ from typing_extensions import override
 from lit_nnopt.metrics import Accuracy, MeanLoss
 from lit_nnopt.networks import MLP
 
-_NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+_NORM_LAYERS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
 
 
 def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -26,6 +36,22 @@ def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict[str
         for name, param in layer.named_parameters(recurse=False):
             (exempt if name == "bias" or isinstance(layer, _NORM_LAYERS) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
+@functools.cache
+def accepts_fused(optimizer_class: type[torch.optim.Optimizer], device_type: str) -> bool:
+    """Whether ``optimizer_class(params, fused=True)`` works for parameters on ``device_type``.
+
+    Torch is asked, once per class and device type, with a one-element parameter: a ``fused``
+    argument in the signature does not mean the device has the kernel (torch 2.2's Adam takes
+    ``fused`` and refuses it on the CPU; CPU kernels came with torch 2.4).
+    """
+    probe = torch.zeros(1, device=device_type, requires_grad=True)
+    try:
+        optimizer_class([probe], fused=True)
+    except (TypeError, ValueError, RuntimeError):  # no `fused` argument, or no kernel for this device
+        return False
+    return True
 
 
 def describe(net: nn.Module) -> dict[str, Any]:
@@ -175,11 +201,17 @@ class MNISTClassifier(pl.LightningModule):
             return False
         if self.device.type not in ("cpu", "cuda"):
             return False
-        if self._trainer is not None and str(self.trainer.precision).startswith("16"):
+        if self._precision().startswith("16"):
             return False
         module_name, class_name = self.optimizer_init["class_path"].rsplit(".", 1)
-        optimizer_class = getattr(importlib.import_module(module_name), class_name)
-        return "fused" in inspect.signature(optimizer_class).parameters
+        return accepts_fused(getattr(importlib.import_module(module_name), class_name), self.device.type)
+
+    def _precision(self) -> str:
+        """The trainer's precision; ``""`` without a trainer (``configure_optimizers`` by hand) or under Fabric."""
+        try:
+            return str(getattr(self.trainer, "precision", ""))
+        except RuntimeError:  # "... is not attached to a `Trainer`"
+            return ""
 
     @override
     def configure_optimizers(self) -> Any:

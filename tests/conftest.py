@@ -30,3 +30,16 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("LIT_NNOPT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
     monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture
+def torch_load_that_maps_only_file_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torch.load`` as torch before 2.3 had it: ``mmap=True`` with anything but a str file name is refused."""
+    real_load = torch.load
+
+    def load(f, *args, mmap=None, **kwargs):
+        if mmap and not isinstance(f, str):
+            raise ValueError("f must be a string filename in order to use mmap argument")
+        return real_load(f, *args, mmap=mmap, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lit_nnopt.app import bench
+from lit_nnopt.app import bench, bench_lit_nnopt_runs
 from lit_nnopt.app.bench import medians, whole_process_seconds_per_epoch
+from lit_nnopt.app.bench_reference_loop import Split, train_by_hand
 from tests.helpers import REPO
 
 
@@ -68,9 +69,9 @@ def test_the_reference_reports_the_epochs_loss_and_accuracy_as_lit_nnopt_does(ca
 
     generator = torch.Generator().manual_seed(0)
     inputs, labels = torch.randn(300, 1, 28, 28, generator=generator), torch.randint(0, 10, (300,), generator=generator)
-    split = bench.Split(inputs[:200], labels[:200], inputs[200:], labels[200:])
+    split = Split(inputs[:200], labels[:200], inputs[200:], labels[200:])
     net = MLP([16], dropout=0.0)
-    _, val_acc = bench.train_by_hand(net, torch.optim.SGD(net.parameters(), lr=0.0), split, epochs=1, batch_size=64)
+    _, val_acc = train_by_hand(net, torch.optim.SGD(net.parameters(), lr=0.0), split, epochs=1, batch_size=64)
     with torch.no_grad():
         train_logits, val_logits = net(split.train_x), net(split.val_x)
     expected = {
@@ -114,11 +115,12 @@ def test_default_data_dir_is_the_first_that_holds_mnist(tmp_path: Path, monkeypa
 def test_the_config_is_found_from_the_repository_and_refused_clearly_elsewhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    assert bench.adam_config() == REPO / "configs" / "adam.yaml"
+    assert bench_lit_nnopt_runs.adam_config() == REPO / "configs" / "adam.yaml"
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(bench, "__file__", str(tmp_path / "site-packages" / "lit_nnopt" / "app" / "bench.py"))
+    installed = tmp_path / "site-packages" / "lit_nnopt" / "app" / "bench_lit_nnopt_runs.py"
+    monkeypatch.setattr(bench_lit_nnopt_runs, "__file__", str(installed))
     with pytest.raises(SystemExit, match="Run it from the root of a clone"):
-        bench.adam_config()
+        bench_lit_nnopt_runs.adam_config()
 
 
 @pytest.mark.slow  # six processes that train on the real MNIST

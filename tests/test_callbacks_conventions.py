@@ -10,7 +10,6 @@ from unittest import mock
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
@@ -23,7 +22,7 @@ OURS = [
     for name in callbacks.__all__
     if getattr(callbacks, name).__module__.startswith("lit_nnopt")
 ]
-LIGHTNING_BASES = (Callback, LightningEarlyStopping)
+LIGHTNING_BASES = (Callback,)
 
 
 def _functions(value):

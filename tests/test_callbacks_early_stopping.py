@@ -7,22 +7,26 @@ import math
 import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
-from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_nnopt.callbacks import EarlyStopping
-from tests.helpers.callbacks import ScriptedTrainer, capture_logs, run_checks
+from lit_nnopt.callbacks.early_stopping import EarlyStoppingReason
+from tests.helpers.callbacks import ScriptedTrainer, capture_logs, quiet_trainer, run_checks
 
 
 def stopper(**kwargs) -> EarlyStopping:
     return EarlyStopping(**{"monitor": "val_loss", "check_on_train_epoch_end": False, **kwargs})
 
 
-def test_is_a_lightning_early_stopping_with_the_same_arguments():
+def test_is_a_separate_class_with_lightnings_arguments():
+    # Not a subclass of Lightning's (issue 25): it stands on public hooks, so Lightning's private
+    # helpers may change without changing it.
     callback = stopper(patience=5, min_delta=0.1, mode="max", strict=False, stopping_threshold=0.9)
-    assert isinstance(callback, LightningEarlyStopping)
+    assert not isinstance(callback, LightningEarlyStopping)
     assert (callback.patience, callback.min_delta, callback.mode, callback.strict) == (5, 0.1, "max", False)
+    assert [reason.value for reason in EarlyStoppingReason] == [0, 1, 2, 3, 4]
 
 
 def test_patience_counts_checks_without_improvement():
@@ -167,3 +171,41 @@ def test_bad_arguments_say_what_is_valid():
         stopper(start_from_epoch=-1)
     with pytest.raises(MisconfigurationException, match="`mode` can be auto, min, max, got sideways"):
         stopper(mode="sideways")
+
+
+class LogsAtTrainEpochEnd(BoringModel):
+    """Logs ``values[epoch]`` as ``train_metric`` in its own ``on_train_epoch_end``; fails at ``fail_epoch``."""
+
+    def __init__(self, values, fail_epoch: int = -1) -> None:
+        super().__init__()
+        self.values, self.fail_epoch = list(values), fail_epoch
+
+    def on_train_epoch_end(self) -> None:
+        if self.current_epoch == self.fail_epoch:
+            raise RuntimeError("planned")
+        self.log("train_metric", torch.tensor(self.values[self.current_epoch]))
+
+
+def test_checks_at_the_epochs_end_after_the_modules_hook_in_the_callbacks_order(tmp_path, monkeypatch, caplog):
+    # Lightning runs only its own EarlyStopping after the module's `on_train_epoch_end`; this class
+    # wraps that hook while fit runs, so every instance sees the value the module logs there.
+    logs = capture_logs(monkeypatch, caplog)
+    first = EarlyStopping("train_metric", mode="min", patience=1, verbose=True)
+    second = EarlyStopping("train_metric", mode="max", patience=1, verbose=True)
+    module = LogsAtTrainEpochEnd([3.0, 2.0, 1.0, 0.5])
+    quiet_trainer(tmp_path, max_epochs=4, limit_val_batches=0, callbacks=[first, second]).fit(module)
+    assert (first.best_epoch, second.stopped_epoch, second.best_epoch) == (1, 1, 0)
+    improved = [r.getMessage() for r in logs.records if r.getMessage().startswith("Metric train_metric improved")]
+    assert improved == [
+        "Metric train_metric improved. New best score: 3.000",
+        "Metric train_metric improved. New best score: 3.000",
+        "Metric train_metric improved by 1.000 >= min_delta = 0.0. New best score: 2.000",
+    ]
+    assert "on_train_epoch_end" not in vars(module)  # unwrapped when fit ended
+
+
+def test_the_modules_hook_is_unwrapped_when_fit_fails(tmp_path):
+    module, callback = LogsAtTrainEpochEnd([3.0, 2.0], fail_epoch=1), EarlyStopping("train_metric", mode="min")
+    with pytest.raises(RuntimeError, match="planned"):
+        quiet_trainer(tmp_path, max_epochs=2, limit_val_batches=0, callbacks=[callback]).fit(module)
+    assert callback.best_epoch == 0 and "on_train_epoch_end" not in vars(module)

@@ -7,6 +7,7 @@ import inspect
 import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_nnopt.callbacks import EarlyStopping, ReduceLROnPlateau
@@ -75,11 +76,21 @@ def test_the_family_shares_its_defaults():
 @pytest.mark.parametrize("cls", [EarlyStopping, ReduceLROnPlateau])
 def test_mode_auto_reads_the_metric_name_in_both(cls):
     assert cls("val_loss").mode == "min" and cls("val_acc").mode == "max" and cls("train/top1").mode == "max"
-    with pytest.warns(UserWarning, match="cannot tell from its name whether `val_score`.*takes mode='min'"):
-        assert cls("val_score").mode == "min"
     assert cls("val_score", mode="max").mode == "max"
     # Signed as in Lightning and Keras: negative in min mode.
     assert cls("val_loss", min_delta=0.1).min_delta == -0.1 and cls("val_acc", min_delta=0.1).min_delta == 0.1
+
+
+@pytest.mark.parametrize("cls", [EarlyStopping, ReduceLROnPlateau])
+@pytest.mark.parametrize(("monitor", "words"), [("val_score", "none"), ("val_top3", "none"), ("loss_acc", "both")])
+def test_mode_auto_refuses_a_name_without_one_direction(cls, monitor, words):
+    # Issue 26, goal 4: as Keras, refuse rather than guess "min" (which minimised a `val_top3`).
+    with pytest.raises(MisconfigurationException) as refused:
+        cls(monitor)
+    message = str(refused.value)
+    assert f"{cls.__name__}(mode='auto') cannot tell from its name whether `{monitor}`" in message
+    assert f"it contains {words} of the known words" in message
+    assert f"Pass mode='min' if a lower `{monitor}` is better, or mode='max' if a higher one is." in message
 
 
 def test_mode_keeps_lightnings_state_key():

@@ -82,7 +82,7 @@ def test_validate_from_the_best_checkpoint_reproduces_the_figures(one_epoch, mni
     assert float(printed) == pytest.approx(reported, abs=1e-6)
 
 
-def test_test_subcommand_writes_test_metrics(one_epoch, mnist_dir, tmp_path):
+def test_a_test_of_a_checkpoint_from_another_folder_joins_its_run(one_epoch, mnist_dir, tmp_path):
     best = _summary(one_epoch)["best_checkpoint"]
     result = run_cli(
         "test",
@@ -96,7 +96,9 @@ def test_test_subcommand_writes_test_metrics(one_epoch, mnist_dir, tmp_path):
         str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _summary(tmp_path)["final"]["test_acc"] >= 0.95
+    # The checkpoint's run folder, not the folder given: one run, one record.
+    assert "writing into the checkpoint's run folder" in result.stderr
+    assert _summary(one_epoch)["final"]["test_acc"] >= 0.95 and not list(tmp_path.iterdir())
 
 
 def test_print_config_shows_the_resolved_config():
@@ -127,11 +129,11 @@ def test_bad_config_values_fail_clearly(args, message, tmp_path):
     _no_traceback(result)
 
 
-def _fit_on(data_dir: Path, tmp_path: Path, *extra: str):
+def _fit_on(data_dir: Path, tmp_path: Path, *extra: str, config: str = "adam.yaml"):
     return run_cli(
         "fit",
         "--config",
-        str(CONFIGS / "adam.yaml"),
+        str(CONFIGS / config),
         "--data.data_dir",
         str(data_dir),
         "--trainer.default_root_dir",
@@ -244,7 +246,8 @@ def test_evaluating_without_a_checkpoint_is_refused_naming_the_best_one(short_fi
     )
     assert result.returncode == 1
     assert f"`{subcommand}` needs trained weights and no --ckpt_path was given" in result.stderr
-    assert f"its best checkpoint at {_summary(run)['best_checkpoint']}: add `--ckpt_path best`" in result.stderr
+    assert f"The best run of this config by val_acc ({run.name}, " in result.stderr
+    assert f"checkpoint at {_summary(run)['best_checkpoint']}: add `--ckpt_path best`" in result.stderr
     _no_traceback(result)
 
 
@@ -263,7 +266,10 @@ def test_predict_with_the_best_checkpoint_writes_a_csv_in_the_run_folder(short_f
         cwd=root,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"predict: using {_summary(run)['best_checkpoint']}, the best checkpoint" in result.stderr
+    summary = _summary(run)
+    score = summary["best"]["val_acc"]
+    used = f"predict: using {summary['best_checkpoint']}, the best checkpoint by val_acc ({score:.4f}) of run"
+    assert f"{used} {run.name}, the only run of this config" in result.stderr
     path = run / "predictions.csv"
     with path.open() as file:
         rows = list(csv.DictReader(file))
@@ -305,3 +311,32 @@ def test_runs_without_a_logger_in_one_folder_never_overwrite_each_other(mnist_di
     assert len(runs) == 2 and all(re.fullmatch(r"fit-\d{8}-\d{6}(-\d+)?", run.name) for run in runs)
     for run in runs:
         assert {"config.yaml", "summary.json", "learning_curves.png", "checkpoints"} <= {p.name for p in run.iterdir()}
+
+
+# -- a run's record tells the truth (issue 26) ------------------------------------------------------
+
+
+def test_a_diverged_fit_says_so_exits_3_and_offers_no_checkpoint(mnist_dir, tmp_path):
+    result = _fit_on(
+        mnist_dir,
+        tmp_path,
+        "--optimizer.lr",
+        "1e25",
+        "--trainer.logger",
+        "false",
+        "--trainer.limit_train_batches",
+        "5",
+        "--trainer.limit_val_batches",
+        "1",
+        config="sgd.yaml",
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    summary = _summary(tmp_path / "runs")
+    assert summary["status"] == "diverged" and summary["problem_epoch"] == 0
+    assert summary["history"][0]["non_finite"] == ["train_loss", "val_loss"]
+    assert "lit_nnopt: this run diverged: train_loss, val_loss became NaN or infinite in epoch 0." in result.stderr
+    assert "Lower the learning rate (this run's: 1e+25)" in result.stderr
+    assert "--trainer.callbacks+=lit_nnopt.callbacks.NaNGuard" in result.stderr
+    assert "best checkpoint" not in result.stdout and "Test it with" not in result.stdout
+    assert re.search(r"status\s*│\s*diverged", result.stdout)
+    _no_traceback(result)

@@ -84,6 +84,19 @@ def test_markdown_has_one_row_per_config_and_reports_failures(tmp_path: Path) ->
     assert "Command: `python -m lit_nnopt compare configs/sgd.yaml broken.yaml`" in path.read_text()
 
 
+def test_a_run_that_did_not_learn_says_so_in_the_table(tmp_path: Path) -> None:
+    diverged = Run("hot", "hot.yaml", best_val_acc=0.0983, epochs_run=2, stop_reason="max_epochs (2) reached")
+    diverged.status, diverged.problem = "diverged", "train_loss became NaN or infinite in epoch 0"
+    flat = Run("flat", "flat.yaml", status="at_chance", problem="val_acc stayed at chance")
+    path = tmp_path / "comparison.md"
+    write_markdown([diverged, flat], path, "python -m lit_nnopt compare hot.yaml flat.yaml")
+    rows = [line for line in path.read_text().splitlines() if line.startswith("| ") and "config" not in line]
+    assert rows[0] == (
+        "| hot | 9.83% |  |  |  | 2 | DIVERGED: train_loss became NaN or infinite in epoch 0 (not tested) |  |"
+    )
+    assert "| AT CHANCE: val_acc stayed at chance (not tested) |" in rows[1]
+
+
 def test_plot_draws_each_run_with_a_history(tmp_path: Path) -> None:
     path = tmp_path / "comparison.png"
     plot([Run("a", "a.yaml", history=_history([0.5, 0.7])), Run("failed", "f.yaml", error="x")], path)
@@ -91,13 +104,15 @@ def test_plot_draws_each_run_with_a_history(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # three command-line runs
-def test_compare_two_configs_and_a_broken_one(mnist_dir: Path, tmp_path: Path) -> None:
+def test_compare_a_diverging_config_a_broken_one_and_a_good_one(mnist_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("# Not a valid config: the model has no such argument.\nmodel:\n  no_such_argument: 1\n")
+    diverging = tmp_path / "diverging.yaml"
+    diverging.write_text((CONFIGS / "sgd.yaml").read_text().replace("lr: 0.01 ", "lr: 1.0e+25 "))
     out = tmp_path / "out"
     result = run_cli(
         "compare",
-        str(CONFIGS / "sgd.yaml"),
+        str(diverging),
         str(broken),
         str(CONFIGS / "tutorial.yaml"),
         "--out",
@@ -119,13 +134,17 @@ def test_compare_two_configs_and_a_broken_one(mnist_dir: Path, tmp_path: Path) -
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "comparison.png").read_bytes().startswith(PNG_SIGNATURE)
     rows = {row["config"]: row for row in json.loads((out / "comparison.json").read_text())}
-    assert list(rows) == ["sgd", "broken", "tutorial"]
-    for name in ("sgd", "tutorial"):
+    assert list(rows) == ["diverging", "broken", "tutorial"]
+    for name in ("diverging", "tutorial"):
         assert rows[name]["error"] is None
         assert rows[name]["epochs_run"] == 2 and len(rows[name]["history"]) == 2
-        assert 0.0 <= rows[name]["test_acc"] <= 1.0
-        assert rows[name]["best_val_acc"] == max(row["val_acc"] for row in rows[name]["history"])
+    assert rows["tutorial"]["status"] == "ok" and 0.0 <= rows["tutorial"]["test_acc"] <= 1.0
+    assert rows["tutorial"]["best_val_acc"] == max(row["val_acc"] for row in rows["tutorial"]["history"])
+    assert rows["diverging"]["status"] == "diverged" and rows["diverging"]["test_acc"] is None
     assert "fit failed" in rows["broken"]["error"] and "no_such_argument" in rows["broken"]["error"]
     table = [line for line in (out / "comparison.md").read_text().splitlines() if line.startswith("| ")]
-    assert [line.split(" | ")[0] for line in table[1:]] == ["| sgd", "| broken", "| tutorial"]
-    assert "[3/3] tutorial: test_acc" in result.stderr
+    assert [line.split(" | ")[0] for line in table[1:]] == ["| diverging", "| broken", "| tutorial"]
+    assert "| DIVERGED: train_loss, val_loss became NaN or infinite in epoch 0 (not tested) |" in table[1]
+    (fit_run,) = [path.parent for path in (out / "tutorial" / "fit").rglob("config.yaml")]
+    assert (fit_run / "confusion_matrix.png").is_file() and not (out / "tutorial" / "test").exists()  # one run folder
+    assert "[1/3] diverging: DIVERGED: " in result.stderr and "[3/3] tutorial: test_acc" in result.stderr

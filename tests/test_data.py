@@ -2,6 +2,7 @@
 
 import gzip
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +211,30 @@ def test_an_epoch_cut_short_is_not_resumed_in_the_next_one():
     epoch["now"] = 1
     assert _served(resumed) == _served(_loader(current_epoch=lambda: 1))
     assert len(_served(_loader(current_epoch=lambda: 1))) == 103
+
+
+def test_a_mistyped_data_dir_is_refused_not_created_nor_downloaded_into(tmp_path, monkeypatch):
+    (tmp_path / "mnist").mkdir()
+    downloads = []
+    monkeypatch.setattr(MNISTDataModule, "_download", lambda self, searched: downloads.append(searched))
+    with pytest.raises(DataError) as error:
+        MNISTDataModule(str(tmp_path / "mnits"), download=True).prepare_data()
+    message = str(error.value)
+    assert message.startswith(f"mnist files missing: the data folder {tmp_path / 'mnits'} does not exist")
+    assert f"(did you mean {tmp_path / 'mnist'}?)" in message and "`--data.data_dir`" in message
+    assert not (tmp_path / "mnits").exists() and downloads == []
+
+
+def test_a_data_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "data.tar").write_bytes(b"not a folder")
+    with pytest.raises(DataError, match=r"data.tar is a file, not a folder\. Point `--data.data_dir`"):
+        MNISTDataModule(str(tmp_path / "data.tar"), download=False).prepare_data()
+
+
+def test_the_default_data_dir_may_be_created_by_a_download(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIT_NNOPT_DATA_DIR", raising=False)
+    downloads = []
+    monkeypatch.setattr(MNISTDataModule, "_download", lambda self, searched: downloads.append(self.data_dir))
+    MNISTDataModule(download=True).prepare_data()
+    assert downloads == [Path("data")]

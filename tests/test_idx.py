@@ -6,6 +6,7 @@ import hashlib
 import pytest
 import torch
 
+from lit_nnopt import idx
 from lit_nnopt.idx import DataError, IDXFile, VerificationCache, load_verified, parse_idx
 
 
@@ -91,3 +92,40 @@ def test_cache_is_invalidated_when_the_file_changes(tmp_path, images):
     assert not cache.is_verified(path, expected.md5)
     with pytest.raises(DataError, match="MD5"):
         load_verified(path, expected, cache)
+
+
+@pytest.fixture
+def two_datasets(monkeypatch, images):
+    """DATASETS with a small synthetic file in each of two datasets: (MNIST's IDXFile, Fashion-MNIST's content)."""
+    digits, garments = idx_bytes(images), idx_bytes(images + 1)
+    mnist = IDXFile("t10k-images-idx3-ubyte", hashlib.md5(digits).hexdigest(), (3, 4, 5))
+    fashion = IDXFile("t10k-images-idx3-ubyte", hashlib.md5(garments).hexdigest(), (3, 4, 5))
+    labels = IDXFile("t10k-labels-idx1-ubyte", hashlib.md5(b"labels").hexdigest(), (4,))
+    monkeypatch.setattr(
+        idx, "DATASETS", {"mnist": ("MNIST", (mnist, labels)), "fashion_mnist": ("FashionMNIST", (fashion,))}
+    )
+    return mnist, garments
+
+
+def test_a_file_of_the_other_dataset_is_named_with_the_option_that_selects_it(tmp_path, two_datasets):
+    mnist, garments = two_datasets
+    path = _write(tmp_path, "t10k-images-idx3-ubyte", garments, compress=True)
+    with pytest.raises(DataError) as error:
+        load_verified(path, mnist, VerificationCache(tmp_path / "cache.json"))
+    message = str(error.value)
+    assert message.startswith(f"{path} is Fashion-MNIST's t10k-images-idx3-ubyte (its MD5 is that file's), but")
+    assert "the run reads MNIST. To train on Fashion-MNIST, select it with `--data.dataset fashion_mnist`" in message
+    assert "truncated" not in message and "delete it" not in message
+
+
+def test_a_renamed_file_of_the_same_dataset_is_named(tmp_path, two_datasets):
+    mnist, _ = two_datasets
+    path = _write(tmp_path, "t10k-labels-idx1-ubyte", b"labels", compress=False)
+    with pytest.raises(DataError, match=r"holds MNIST's t10k-labels-idx1-ubyte, not its t10k-images-idx3-ubyte"):
+        load_verified(path, mnist, VerificationCache(tmp_path / "cache.json"))
+
+
+def test_the_known_md5s_are_those_of_the_real_files():
+    assert idx.known_file("15d484375f8d13e6eb1aabb0c3f46965")[0] == "fashion_mnist"  # Fashion-MNIST's test labels
+    assert idx.known_file("27ae3e4e09519cfbb04c329615203637")[0] == "mnist"
+    assert idx.known_file("0" * 32) is None

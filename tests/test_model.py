@@ -7,7 +7,7 @@ from lightning.pytorch.demos.boring_classes import RandomDataset
 from torch.utils.data import DataLoader
 
 from lit_nnopt import CNN, MLP, MNISTClassifier
-from lit_nnopt.model import weight_decay_groups
+from lit_nnopt.model import accepts_fused, weight_decay_groups
 
 
 @pytest.mark.parametrize("net", [MLP(), MLP([256, 64], batch_norm=True, dropout=0.5), CNN()])
@@ -115,6 +115,37 @@ def test_fused_by_default_when_the_cli_fills_in_torchs_none():
         optimizer={"class_path": "torch.optim.Adam", "init_args": {"lr": 0.001, "fused": None, "foreach": None}}
     )
     assert model.configure_optimizers().defaults["fused"]
+
+
+class AdamFusedOnCudaOnly(torch.optim.Adam):
+    """Adam as torch 2.2 had it: a ``fused`` argument, and a refusal of ``fused=True`` off CUDA."""
+
+    def __init__(self, params, lr: float = 1e-3, fused: bool | None = None) -> None:
+        params = list(params)
+        tensors = [p for group in params for p in group["params"]] if isinstance(params[0], dict) else params
+        if fused and any(p.device.type != "cuda" for p in tensors):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        super().__init__(params, lr=lr, fused=fused)
+
+
+def test_fused_is_asked_of_torch_not_read_from_the_signature():
+    model = MNISTClassifier(optimizer={"class_path": f"{__name__}.AdamFusedOnCudaOnly", "init_args": {"lr": 0.01}})
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, AdamFusedOnCudaOnly) and not optimizer.defaults["fused"]
+    assert not accepts_fused(AdamFusedOnCudaOnly, "cpu")
+    assert not accepts_fused(torch.optim.RMSprop, "cpu"), "no `fused` argument at all"
+
+
+class _Float16Trainer:
+    """What ``configure_optimizers`` reads of a trainer on a GPU with float16 loss scaling (CPUs switch to bf16)."""
+
+    precision = "16-mixed"
+
+
+def test_fused_is_left_alone_under_float16_loss_scaling():
+    model, trainer = MNISTClassifier(), _Float16Trainer()
+    model.trainer = trainer
+    assert not model.configure_optimizers().defaults["fused"]
 
 
 # -- compile: in place, so checkpoints keep the network's own keys --------------------------------

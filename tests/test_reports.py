@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lit_nnopt.app import reports
-from lit_nnopt.app.reports import AT_CHANCE, DIVERGED, OK, RunSummary, run_health
+from lit_nnopt.app.reports import AT_CHANCE, DIVERGED, OK, RunSummary, did_not_learn_message, run_health
 
 
 def _epoch_end(summary: RunSummary, epoch: int, **metrics: float) -> None:
@@ -94,3 +94,25 @@ def test_a_checkpoint_without_the_seconds_resumes_from_its_last_epoch(monkeypatc
     now[0] = 52.0
     _epoch_end(resumed, 1, train_loss=0.4)
     assert resumed.history[-1]["elapsed_seconds"] == 6.0
+
+
+def test_the_closing_paragraph_says_what_went_wrong_and_what_to_do():
+    diverged = {"status": DIVERGED, "problem": "train_loss became NaN or infinite in epoch 0", "history": []}
+    message = did_not_learn_message(diverged, lr=1e25)
+    assert message.startswith("lit_nnopt: this run diverged: train_loss became NaN or infinite in epoch 0. ")
+    assert "none is offered for testing, and `--ckpt_path best` passes this run over" in message
+    assert "Lower the learning rate (this run's: 1e+25)" in message and message.endswith("(Exit status 3.)")
+    assert "`--trainer.callbacks+=lit_nnopt.callbacks.NaNGuard --trainer.callbacks.lr_factor 0.1`" in message
+
+    exploded = {"status": AT_CHANCE, "problem": "val_acc stayed at chance", "history": [{"train_loss": 2e11}]}
+    assert "train_loss 2e+11 at the end, far above a uniform guess's 2.30, says the learning rate (this run's: 1e+06)" \
+        " is too high" in did_not_learn_message(exploded, lr=1e6)  # fmt: skip
+    untrained = {"status": AT_CHANCE, "problem": "val_acc stayed at chance", "history": [{"train_loss": 2.291}]}
+    assert "train_loss 2.291 at the end, near a uniform guess's 2.30" in did_not_learn_message(untrained, lr=0.01)
+    assert "train for more steps" in did_not_learn_message(untrained, lr=0.01)
+
+
+def test_a_run_that_had_nan_guard_is_not_told_to_add_it():
+    diverged = {"status": DIVERGED, "problem": "train_loss became NaN or infinite in epoch 0", "history": []}
+    message = did_not_learn_message(diverged, lr=1e25, suggest_nan_guard=False)
+    assert "Lower the learning rate (this run's: 1e+25). (Exit status 3.)" in message and "NaNGuard" not in message

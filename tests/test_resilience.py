@@ -21,6 +21,7 @@ import yaml
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.nn import functional as F
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from lit_nnopt import MLP, BatchLoader, MNISTClassifier
@@ -252,20 +253,23 @@ def test_another_optimizer_is_refused_for_fit_only(tmp_path):
 
 
 class _TinyClassifier(pl.LightningModule):
-    """Logs through both of Lightning's epoch aggregations (a tensor, with mean and max, and a torchmetric)."""
+    """Logs its epoch metrics as torchmetrics objects (a mean, a max, an accuracy), as ExactResume asks."""
 
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 10))
         self.accuracy = MulticlassAccuracy(10)
+        self.mean_loss, self.peak_loss = MeanMetric(), MaxMetric()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
         self.accuracy.update(logits, y)
-        self.log("loss", loss, on_step=False, on_epoch=True)
-        self.log("peak_loss", loss, on_step=False, on_epoch=True, reduce_fx="max")
+        self.mean_loss.update(loss)
+        self.peak_loss.update(loss)
+        self.log("loss", self.mean_loss, on_step=False, on_epoch=True)
+        self.log("peak_loss", self.peak_loss, on_step=False, on_epoch=True)
         self.log("accuracy", self.accuracy, on_step=False, on_epoch=True)
         return loss
 
@@ -303,6 +307,7 @@ def _tiny_fit(
     val_batches: int = 0,
     interrupt: InterruptCheckpoint | None = None,
     before_interrupt: tuple[pl.Callback, ...] = (),
+    module_class: type[pl.LightningModule] = _TinyClassifier,
 ):
     pl.seed_everything(3, verbose=False)
     generator = torch.Generator().manual_seed(0)
@@ -322,7 +327,7 @@ def _tiny_fit(
         num_sanity_val_steps=0,
         callbacks=[*before_interrupt, interrupt or InterruptCheckpoint(), summary, *callbacks],
     )
-    model = _TinyClassifier()
+    model = module_class()
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
     return model, [{k: v for k, v in row.items() if k != "elapsed_seconds"} for row in summary.history]
 
@@ -635,19 +640,51 @@ def test_a_failing_wandb_server_does_not_stop_training(mnist_dir, tmp_path):
 # -- ExactResume on its own ----------------------------------------------------------------------
 
 
-def test_exact_resume_alone_makes_a_mid_epoch_checkpoint_resume_bitwise(tmp_path):
-    class SaveAtStep13(pl.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            if trainer.global_step == 13:
-                trainer.save_checkpoint(tmp_path / "step13.ckpt")
+class _SaveAtStep13(pl.Callback):
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
-    model, history = _tiny_fit(tmp_path / "whole", SaveAtStep13(), interrupt=ExactResume())
-    resumed, resumed_history = _tiny_fit(
-        tmp_path / "again", ckpt_path=str(tmp_path / "step13.ckpt"), interrupt=ExactResume()
-    )
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 13:
+            trainer.save_checkpoint(self.path)
+
+
+def test_exact_resume_alone_makes_a_mid_epoch_checkpoint_resume_bitwise(tmp_path):
+    checkpoint = tmp_path / "step13.ckpt"
+    model, history = _tiny_fit(tmp_path / "whole", _SaveAtStep13(checkpoint), interrupt=ExactResume())
+    resumed, resumed_history = _tiny_fit(tmp_path / "again", ckpt_path=str(checkpoint), interrupt=ExactResume())
     assert resumed_history == history
     for name, tensor in model.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
+class _LogsATensor(_TinyClassifier):
+    """Also logs its loss as a plain tensor with ``on_epoch=True``: Lightning averages it outside any checkpoint."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("tensor_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+
+def test_a_value_logged_as_a_tensor_covers_only_the_batches_after_a_mid_epoch_resume(tmp_path):
+    # The documented limit of ExactResume (issue 25): public APIs reach a Metric's state, not
+    # Lightning's own running mean of a logged tensor. The weights and Metric values still match.
+    checkpoint = tmp_path / "step13.ckpt"
+    model, history = _tiny_fit(
+        tmp_path / "whole", _SaveAtStep13(checkpoint), interrupt=ExactResume(), module_class=_LogsATensor
+    )
+    resumed, resumed_history = _tiny_fit(
+        tmp_path / "again", ckpt_path=str(checkpoint), interrupt=ExactResume(), module_class=_LogsATensor
+    )
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+    cut, uncut = resumed_history[0], history[0]
+    assert {name: cut[name] for name in ("loss", "peak_loss", "accuracy")} == {
+        name: uncut[name] for name in ("loss", "peak_loss", "accuracy")
+    }
+    assert cut["tensor_loss"] != uncut["tensor_loss"]  # the mean of the batches after step 13 alone
+    assert resumed_history[1] == history[1]  # the next epoch is whole again
 
 
 def test_two_exact_resumes_are_refused(tmp_path):

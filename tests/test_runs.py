@@ -1,4 +1,4 @@
-"""Finding runs again: the best checkpoint of the latest run of a config, and readable run names."""
+"""Finding runs again: the best checkpoint among a config's runs, and readable run names."""
 
 from __future__ import annotations
 
@@ -9,21 +9,29 @@ import re
 import torch
 import yaml
 
-from lit_nnopt.app.runs import RUN_NAME_ENV, best_checkpoint, latest_best_checkpoint, new_run_name, run_folder_of
+from lit_nnopt.app.runs import RUN_NAME_ENV, best_checkpoint, best_run_checkpoint, new_run_name, run_folder_of
 
 CONFIG = {"model": {"net": "MLP"}, "optimizer": {"class_path": "torch.optim.Adam"}, "lr_scheduler": None,
           "data": {"batch_size": 64, "data_dir": "here"}}  # fmt: skip
 
 
-def _run(root, name, config=CONFIG, best="best-01-0.9700.ckpt", summary=True, age=0):
+def _run(root, name, config=CONFIG, best="best-01-0.9700.ckpt", summary=True, age=0, status="ok"):
     run = root / name
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     (run / "checkpoints" / best).write_bytes(b"weights")
-    state = {"callbacks": {"ModelCheckpoint{'monitor': 'val_acc'}": {"best_model_path": f"elsewhere/{best}"}}}
+    score = float(best.removesuffix(".ckpt").rsplit("-", 1)[1])
+    checkpoint_state = {"monitor": "val_acc", "best_model_score": torch.tensor(score), "best_model_path": f"x/{best}"}
+    state = {"callbacks": {"ModelCheckpoint{'monitor': 'val_acc'}": checkpoint_state}}
     torch.save(state, run / "checkpoints" / "last.ckpt")
     if summary:  # a relative path, as `fit` wrote it from another folder
-        (run / "summary.json").write_text(json.dumps({"best_checkpoint": f"runs/lit_nnopt/{name}/checkpoints/{best}"}))
+        content = {
+            "best_checkpoint": f"runs/lit_nnopt/{name}/checkpoints/{best}",
+            "monitor": "val_acc",
+            "best": {"val_acc": score, "val_loss": 1 - score},
+            "status": status,
+        }
+        (run / "summary.json").write_text(json.dumps(content))
     for path in [run / "config.yaml", *(run / "checkpoints").iterdir()]:
         os.utime(path, (1_000_000 + age, 1_000_000 + age))
     return run
@@ -36,13 +44,55 @@ def test_the_best_checkpoint_is_found_from_the_summary_or_from_last_ckpt(tmp_pat
     assert best_checkpoint(interrupted) == interrupted / "checkpoints" / "best-00-0.9000.ckpt"
 
 
-def test_the_latest_run_of_the_same_config_wins_wherever_its_data_lies(tmp_path):
-    _run(tmp_path, "old", best="best-01-0.9100.ckpt", age=0)
-    newest = _run(tmp_path, "new", best="best-02-0.9600.ckpt", age=100)
+def test_an_interrupted_run_is_found_where_mmap_needs_a_file_name(tmp_path, torch_load_that_maps_only_file_names):
+    interrupted = _run(tmp_path, "b", best="best-00-0.9000.ckpt", summary=False)
+    assert best_checkpoint(interrupted) == interrupted / "checkpoints" / "best-00-0.9000.ckpt"
+    assert best_run_checkpoint(tmp_path, CONFIG).checkpoint == interrupted / "checkpoints" / "best-00-0.9000.ckpt"
+
+
+def test_a_last_ckpt_that_cannot_be_read_is_named_once_not_passed_over_silently(tmp_path, capsys):
+    damaged = _run(tmp_path, "damaged", best="best-05-0.9900.ckpt", summary=False)
+    last = damaged / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])
+    good = _run(tmp_path, "good", best="best-03-0.9700.ckpt")
+    assert best_run_checkpoint(tmp_path, CONFIG).checkpoint == good / "checkpoints" / "best-03-0.9700.ckpt"
+    err = capsys.readouterr().err
+    assert err.count(f"lit_nnopt: {last} cannot be read (") == 1, err
+    assert "that run is passed over (to use it, give one of its checkpoints/*.ckpt as --ckpt_path)" in err
+
+
+def test_best_is_the_best_checkpoint_by_the_monitor_among_the_config_runs_wherever_its_data_lies(tmp_path):
+    full = _run(tmp_path, "full", best="best-19-0.9818.ckpt", age=0)
+    _run(tmp_path, "check", best="best-00-0.9589.ckpt", age=100)  # a newer, shorter run
     _run(tmp_path, "other", config={**CONFIG, "optimizer": {"class_path": "torch.optim.SGD"}}, age=200)
     moved_data = {**CONFIG, "data": {"batch_size": 64, "data_dir": "there"}}
-    assert latest_best_checkpoint(tmp_path, moved_data) == newest / "checkpoints" / "best-02-0.9600.ckpt"
-    assert latest_best_checkpoint(tmp_path, {**CONFIG, "data": {"batch_size": 32}}) is None
+    best = best_run_checkpoint(tmp_path, moved_data)
+    assert best.checkpoint == full / "checkpoints" / "best-19-0.9818.ckpt" and best.run == full
+    assert (best.monitor, best.score, best.runs_compared) == ("val_acc", 0.9818, 2)
+    assert best_run_checkpoint(tmp_path, {**CONFIG, "data": {"batch_size": 32}}) is None
+
+
+def test_best_follows_the_monitor_and_mode_and_reads_an_interrupted_run_from_its_last_ckpt(tmp_path):
+    high = _run(tmp_path, "high", best="best-03-0.9800.ckpt", summary=False)
+    low = _run(tmp_path, "low", best="best-01-0.9000.ckpt")
+    assert best_run_checkpoint(tmp_path, CONFIG).run == high
+    assert best_run_checkpoint(tmp_path, CONFIG, "val_acc", mode="min").run == low
+    # Their best checkpoints are the best by val_acc, whatever their val_loss: no answer for val_loss.
+    assert best_run_checkpoint(tmp_path, CONFIG, "val_loss", mode="min") is None
+
+
+def test_best_passes_over_runs_that_diverged_or_stayed_at_chance(tmp_path):
+    _run(tmp_path, "nan", best="best-00-0.0983.ckpt", status="diverged", age=100)
+    _run(tmp_path, "flat", best="best-00-0.1135.ckpt", status="at_chance", age=200)
+    assert best_run_checkpoint(tmp_path, CONFIG) is None
+    learnt = _run(tmp_path, "learnt", best="best-00-0.0999.ckpt", age=0)  # a poor run, but not a failed one
+    assert best_run_checkpoint(tmp_path, CONFIG).run == learnt
+
+
+def test_on_a_tie_the_newest_run_wins(tmp_path):
+    _run(tmp_path, "old", best="best-01-0.9700.ckpt", age=0)
+    new = _run(tmp_path, "new", best="best-04-0.9700.ckpt", age=100)
+    assert best_run_checkpoint(tmp_path, CONFIG).run == new
 
 
 def test_a_checkpoint_belongs_to_a_run_folder_only_beside_its_config(tmp_path):

@@ -206,6 +206,18 @@ def test_disabled_mode_writes_no_wandb_files(monkeypatch, tmp_path):
     assert not (logger.run_dir / "wandb").exists()
 
 
+def test_a_run_that_failed_before_logging_is_discarded_and_a_later_start_is_a_new_run(no_credentials, tmp_path):
+    logger = AutoWandbLogger(mode="offline", save_dir=str(tmp_path))
+    failed = logger.experiment
+    logger.finalize("failed")
+    assert not logger.run_dir.exists()
+    again = logger.experiment  # not the finished run
+    assert again is not failed and again.settings.mode == "offline"
+    logger.log_metrics({"val_acc": 0.5}, step=0)
+    logger.finalize("success")
+    assert list((logger.run_dir / "wandb").glob(f"offline-run-*-{logger.run_id}"))
+
+
 # -- offline runs, end to end ----------------------------------------------------------
 
 

@@ -120,7 +120,8 @@ def _load_for_check(file: Path, weights_only: bool | None) -> Any:
             "`python -m lit_nnopt fit` (in <run folder>/checkpoints/)."
         )
     try:
-        return torch.load(file, map_location="cpu", weights_only=weights_only is not False, mmap=True)
+        # A str: torch before 2.3 memory-maps only a file name given as one, and refuses a Path.
+        return torch.load(str(file), map_location="cpu", weights_only=weights_only is not False, mmap=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{file} holds more than tensors and plain values, and checkpoints are loaded with "

@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import yaml
+from jsonargparse import ActionConfigFile
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
@@ -26,6 +28,7 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
+from typing_extensions import override
 
 from lit_nnopt.app.checks import (
     CheckpointError,
@@ -42,24 +45,27 @@ from lit_nnopt.app.environment import fit_threads_to_free_cpus, skip_nvml_probe_
 from lit_nnopt.app.plots import RunPictures
 from lit_nnopt.app.predictions import PredictionWriter
 from lit_nnopt.app.progress import CheapRichProgressBar
-from lit_nnopt.app.reports import RunSummary
+from lit_nnopt.app.reports import OK, RunSummary, did_not_learn_message
 from lit_nnopt.app.runs import (
+    BestRun,
+    best_run_checkpoint,
     find_resumable_checkpoint,
-    latest_best_checkpoint,
     new_run_name,
     resume_command,
     run_folder_of,
 )
-from lit_nnopt.callbacks import InterruptCheckpoint
+from lit_nnopt.app.schedule_length import ScheduleLength
+from lit_nnopt.callbacks import InterruptCheckpoint, NaNGuard
 from lit_nnopt.checkpoint_io import AtomicCheckpointIO
 from lit_nnopt.data import MNISTDataModule
 from lit_nnopt.model import MNISTClassifier
 
 
 def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
-    """Progress bar, model summary, LR monitor, run summary, pictures, interrupt checkpoint, prediction CSV.
+    """The callbacks of every CLI run, each unless ``trainer_config`` gives one of its kind.
 
-    Each unless ``trainer_config`` gives one of its kind.
+    A progress bar, a model summary, an LR monitor, the run summary, the pictures, the interrupt
+    checkpoint, the prediction CSV and the check of a fixed-length schedule against the run.
     """
     given = list(trainer_config.get("callbacks") or [])
     defaults: list[Callback] = []
@@ -77,6 +83,8 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
         defaults.append(InterruptCheckpoint())
     if not _has(given, PredictionWriter):
         defaults.append(PredictionWriter())
+    if not _has(given, ScheduleLength):
+        defaults.append(ScheduleLength())
     return given + defaults
 
 
@@ -100,7 +108,6 @@ class LitNNOptCLI(LightningCLI):
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         skip_nvml_probe_without_gpu()
         quiet_known_noise()
-        kwargs.setdefault("parser_class", ConciseArgumentParser)
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"].setdefault("default_root_dir", "runs")
         # W&B, online with a key and offline without; `--trainer.logger false` turns logging off.
@@ -110,9 +117,21 @@ class LitNNOptCLI(LightningCLI):
             "parser_kwargs",
             {"epilog": _epilog(), "prog": "python -m lit_nnopt", "formatter_class": LineKeepingHelpFormatter},
         )
+        # Set after a `fit` that diverged or stayed at chance: the command's exit status says so.
+        self.did_not_learn = False
         # The command line, to print the command that resumes an interrupted run.
         self._argv = list(sys.argv[1:]) if args is None else (list(args) if isinstance(args, list) else None)
         super().__init__(MNISTClassifier, MNISTDataModule, args=args, **kwargs)
+
+    @override
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # LightningCLI's own, with ConciseArgumentParser: its `parser_class` argument is newer than Lightning 2.4.
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        parser = ConciseArgumentParser(**kwargs)
+        parser.add_argument(
+            "-c", "--config", action=ActionConfigFile, help="Path to a configuration file in json or yaml format."
+        )
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_optimizer_args(link_to="model.optimizer")
@@ -137,8 +156,8 @@ class LitNNOptCLI(LightningCLI):
         if subcommand:
             _check_output_dirs(config)  # the folders as given, before a run folder is named below them
             self._place_run(str(subcommand), config)
-        # LightningCLI next loads `--ckpt_path` to build the model from its hyperparameters:
-        # a file that is not a checkpoint of this model must be refused before, and clearly.
+        # The model is built from the hyperparameters of `--ckpt_path`: a file that is not a
+        # checkpoint of this model must be refused before, and clearly.
         ckpt_path = config.get("ckpt_path")
         checkpoint = load_checkpoint_to_check(str(ckpt_path), config.get("weights_only")) if ckpt_path else None
         if checkpoint is not None:
@@ -147,15 +166,30 @@ class LitNNOptCLI(LightningCLI):
             note = describe_model_override(checkpoint, net.as_dict() if hasattr(net, "as_dict") else net)
             if note:
                 sys.stderr.write(f"lit_nnopt: {note}.\n")
+            self._take_model_arguments(parser, checkpoint)
+
+    def _take_model_arguments(self, parser: LightningArgumentParser, checkpoint: dict[str, Any]) -> None:
+        """The model's arguments from the checkpoint's hyperparameters, over the config's.
+
+        What LightningCLI does itself from Lightning 2.5 on (again after this, to the same
+        result); Lightning 2.4 would build the config's model and fail to load the weights.
+        """
+        hyperparameters = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k != "_instantiator"}
+        if not hyperparameters:
+            return
+        subcommand = self.config.get("subcommand")
+        model = {"model": hyperparameters}
+        self.config = parser.parse_object({subcommand: model} if subcommand else model, self.config)
 
     def _place_run(self, subcommand: str, config: Any) -> None:
         """Which checkpoint the run uses and which folder it writes to.
 
-        ``--ckpt_path last`` / ``best`` name the newest ``last.ckpt`` / best checkpoint of a run
-        of this config; ``validate``, ``test`` and ``predict`` refuse to run without a
-        checkpoint. An evaluation of a run's checkpoint writes into that run's folder (below
-        the configured root), a ``fit`` resumed with ``last`` goes on in its run's folder, and
-        any other run without a logger gets a new ``<subcommand>-<date>-<time>`` folder. All
+        ``--ckpt_path last`` names the newest ``last.ckpt`` of a run of this config, ``best`` the
+        best checkpoint by the monitored metric among this config's runs that learnt;
+        ``validate``, ``test`` and ``predict`` refuse to run without a checkpoint. An evaluation
+        of a run's checkpoint writes into that run's folder, wherever it lies (a run that
+        ``compare`` trained, say), a ``fit`` resumed with ``last`` goes on in its run's folder,
+        and any other run without a logger gets a new ``<subcommand>-<date>-<time>`` folder. All
         this is left to Lightning where the user fixed the folder (an explicit logger ``id``,
         ``checkpoint.dirpath``, or another logger).
         """
@@ -171,22 +205,26 @@ class LitNNOptCLI(LightningCLI):
         run = run_folder_of(ckpt_path) if ckpt_path else None
         continues_run = run is not None and (subcommand != "fit" or named)
         logger = config.get("trainer", {}).get("logger")
+        if continues_run and run.parent.absolute() != root.absolute():
+            sys.stderr.write(f"lit_nnopt: {subcommand}: writing into the checkpoint's run folder {run}\n")
         if _is_auto_wandb(logger):
-            if continues_run:
+            if continues_run:  # the logger's run folder is <save_dir>/<project>/<id>: the checkpoint's run
                 logger.init_args.id = run.name
+                logger.init_args.project = run.parent.name
+                logger.init_args.save_dir = config.trainer.default_root_dir = str(run.parent.parent)
         elif continues_run:
-            config.trainer.default_root_dir = str(root / run.name)
+            config.trainer.default_root_dir = str(run)
         else:
             config.trainer.default_root_dir = str(root / new_run_name(root, subcommand))
 
     def _find_checkpoint(self, subcommand: str, config: Any, root: Path, which: str) -> str | None:
-        dumped = self._dumped(config)
         if which == "last":
-            found = find_resumable_checkpoint(root, dumped)
+            found = find_resumable_checkpoint(root, self._dumped(config))
             what = "has a last.ckpt"
         else:
-            found = latest_best_checkpoint(root, dumped)
-            what = "has a best checkpoint"
+            best = self._best_run(config, root)
+            found = best.checkpoint if best else None
+            what = "that learnt has a best checkpoint"
         if found is None and (subcommand != "fit" or which == "best"):
             raise CheckpointError(
                 f"--ckpt_path {which}: no run of this config under {root} {what}. Give the checkpoint's path "
@@ -197,18 +235,26 @@ class LitNNOptCLI(LightningCLI):
                 f"lit_nnopt: --ckpt_path last: no run of this config under {root} to resume; starting a new run.\n"
             )
             return None
-        if subcommand == "fit":
+        if which == "best":
+            sys.stderr.write(f"lit_nnopt: {subcommand}: using {found}, {_describe_best(best)}.\n")
+        elif subcommand == "fit":
             sys.stderr.write(f"lit_nnopt: resuming from {found}\n")
         else:
-            sys.stderr.write(f"lit_nnopt: {subcommand}: using {found}, the {which} checkpoint of the latest run.\n")
+            sys.stderr.write(f"lit_nnopt: {subcommand}: using {found}, the last checkpoint of the latest run.\n")
         return str(found)
 
+    def _best_run(self, config: Any, root: Path) -> BestRun | None:
+        checkpoint = config.get("checkpoint", {})
+        monitor, mode = checkpoint.get("monitor") or "val_acc", checkpoint.get("mode") or "max"
+        return best_run_checkpoint(root, self._dumped(config), monitor, mode)
+
     def _no_checkpoint_message(self, subcommand: str, config: Any, root: Path | None) -> str:
-        found = latest_best_checkpoint(root, self._dumped(config)) if root is not None else None
-        if found is not None:
+        best = self._best_run(config, root) if root is not None else None
+        if best is not None:
             hint = (
-                f"The latest run of this config has its best checkpoint at {found}: add `--ckpt_path best` "
-                "to use it, or `--ckpt_path <file>` for another."
+                f"The best run of this config by {best.monitor} ({best.run.name}, {best.score:.4f}) has its best "
+                f"checkpoint at {best.checkpoint}: add `--ckpt_path best` to use it, or `--ckpt_path <file>` for "
+                "another."
             )
         else:
             where = f" under {root}" if root is not None else ""
@@ -253,9 +299,19 @@ class LitNNOptCLI(LightningCLI):
         return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks, "plugins": plugins})
 
     def after_fit(self) -> None:
-        """Say which checkpoint is best and the command that tests it."""
+        """Say which checkpoint is best and the command that tests it; or that the run did not learn, and why."""
+        if not self.trainer.is_global_zero:
+            return
+        recorder = next((cb for cb in self.trainer.callbacks if isinstance(cb, RunSummary)), None)
+        if recorder is not None and recorder.summary.get("status", OK) != OK:
+            self.did_not_learn = True
+            lr = _init_arg(self.config.get(str(self.subcommand), self.config).get("optimizer"), "lr")
+            guarded = _has(self.trainer.callbacks, NaNGuard)
+            message = did_not_learn_message(recorder.summary, lr, recorder.num_classes, suggest_nan_guard=not guarded)
+            sys.stderr.write(message + "\n")
+            return
         checkpoint = self.trainer.checkpoint_callback
-        if not self.trainer.is_global_zero or not isinstance(checkpoint, ModelCheckpoint):
+        if not isinstance(checkpoint, ModelCheckpoint):
             return
         path = checkpoint.best_model_path or checkpoint.last_model_path
         if not path:
@@ -288,6 +344,11 @@ def test_command(argv: list[str], ckpt_path: str) -> str:
     subcommand = next((i for i, arg in enumerate(argv) if arg == "fit"), None)
     as_test = [*argv[:subcommand], "test", *argv[subcommand + 1 :]] if subcommand is not None else argv
     return resume_command(as_test, shlex.quote(ckpt_path))
+
+
+def _describe_best(best: BestRun) -> str:
+    among = "the only run" if best.runs_compared == 1 else f"the best of {best.runs_compared} runs"
+    return f"the best checkpoint by {best.monitor} ({best.score:.4f}) of run {best.run.name}, {among} of this config"
 
 
 def _runs_root(config: Any) -> Path | None:

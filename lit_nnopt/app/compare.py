@@ -9,8 +9,6 @@ run's ``summary.json`` (see ``lit_nnopt.app.reports.RunSummary``) and go to ``DI
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -18,15 +16,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_nnopt.app.reports import SUMMARY_FILE
+from lit_nnopt.app.machine import machine_line
+from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT, OK, SUMMARY_FILE
 
 DEFAULT_OUT = "runs/comparison"
 USAGE = f"""usage: python -m lit_nnopt compare CONFIG [CONFIG ...] [--out DIR] [OVERRIDES ...]
 
 Trains each CONFIG with `fit`, tests its best checkpoint with `test`, and writes
 DIR/comparison.md, DIR/comparison.json and DIR/comparison.png (validation accuracy and
-loss per epoch, one line per config). DIR defaults to {DEFAULT_OUT}; each run's logs,
-checkpoints and summary.json go to DIR/<config name>/.
+loss per epoch, one line per config). DIR defaults to {DEFAULT_OUT}; each run's logs go
+to DIR/<config name>/, its checkpoints and summary.json (fit and test) to a run folder below
+DIR/<config name>/fit/.
 
 The configs come first. OVERRIDES are `fit` options applied to every run, for example
 `--data.data_dir /data --trainer.max_epochs 5`.
@@ -60,6 +60,8 @@ class Run:
     seconds_per_epoch: float | None = None
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    status: str | None = None  # summary.json's: ok, diverged or at_chance
+    problem: str | None = None
 
 
 def parse_args(argv: list[str]) -> tuple[list[Path], Path, list[str]]:
@@ -118,7 +120,10 @@ def _newest_summary(folder: Path, since: float) -> dict[str, Any] | None:
 
 
 def run_config(name: str, config: Path, overrides: list[str], folder: Path) -> Run:
-    """Fit ``config`` and test its best checkpoint, both under ``folder``; failures go into ``Run.error``."""
+    """Fit ``config`` and test its best checkpoint, both in one run folder under ``folder / "fit"``.
+
+    Failures go into ``Run.error``; a run that did not learn (``status`` in its summary) is not tested.
+    """
     run = Run(config=name, path=str(config))
     started = time.time()
     # The CLI links the logger's save_dir to default_root_dir: the run's folder, summary.json included, lands there.
@@ -129,6 +134,8 @@ def run_config(name: str, config: Path, overrides: list[str], folder: Path) -> R
         run.error = f"fit failed (exit {code}): {message} [log: {folder / 'fit.log'}]"
         return run
     _fill_from_fit(run, summary)
+    if code == DID_NOT_LEARN_EXIT or run.status not in (None, OK):
+        return run  # nothing to test: its checkpoint is no trained model
     if code != 0:
         run.error = f"fit failed (exit {code}) after {run.epochs_run} epochs: {message} [log: {folder / 'fit.log'}]"
         return run
@@ -145,14 +152,13 @@ def run_config(name: str, config: Path, overrides: list[str], folder: Path) -> R
             *overrides,
             "--ckpt_path",
             checkpoint,
-            "--trainer.default_root_dir",
-            str(folder / "test"),
             "--trainer.logger",
             "false",
         ],
         folder / "test.log",
     )
-    tested = _newest_summary(folder / "test", started)
+    # The test joins the checkpoint's run folder: its summary.json gains test_acc.
+    tested = _newest_summary(folder / "fit", started)
     run.test_acc = (tested or {}).get("final", {}).get("test_acc")
     if code != 0 or run.test_acc is None:
         run.error = f"test failed (exit {code}): {message} [log: {folder / 'test.log'}]"
@@ -167,11 +173,15 @@ def _fill_from_fit(run: Run, summary: dict[str, Any]) -> None:
     run.epochs_run = summary.get("epochs_run")
     run.stop_reason = summary.get("stop_reason")
     run.seconds_per_epoch = summary.get("seconds_per_epoch")
+    run.status = summary.get("status")
+    run.problem = summary.get("problem")
 
 
 def _cell(run: Run, key: str) -> str:
     if key == "stop_reason" and run.error:
         return f"FAILED: {run.error}"
+    if key == "stop_reason" and run.status not in (None, OK):
+        return f"{run.status.upper().replace('_', ' ')}: {run.problem} (not tested)"
     value = getattr(run, key)
     if value is None:
         return ""
@@ -180,30 +190,6 @@ def _cell(run: Run, key: str) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
-
-
-def machine() -> str:
-    """The hardware and library versions the runs used, in one line."""
-    import lightning
-    import torch
-
-    cpu = f"{_cpu_name()}, {os.cpu_count()} cores"
-    device = f"{torch.cuda.get_device_name(0)}, {cpu}" if torch.cuda.is_available() else cpu
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return (
-        f"{platform.machine()} {platform.system()}, {device}"
-        + (f", OMP_NUM_THREADS={threads}" if threads else "")
-        + f"; Python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}"
-    )
-
-
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:  # not Linux
-        return platform.processor() or "CPU"
-    names = [line.partition(":")[2].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else "CPU"
 
 
 def write_markdown(runs: list[Run], path: Path, command: str) -> None:
@@ -217,7 +203,7 @@ def write_markdown(runs: list[Run], path: Path, command: str) -> None:
                 "# Comparison",
                 "",
                 f"Command: `{command}`  ",
-                f"Machine: {machine()}",
+                f"Machine: {machine_line()}",
                 "",
                 header,
                 rule,
@@ -226,7 +212,8 @@ def write_markdown(runs: list[Run], path: Path, command: str) -> None:
                 (
                     "best val_acc and best epoch are those of the best checkpoint (by the checkpoint's monitor, "
                     "val_acc by default); test_acc is that checkpoint's accuracy on the test set. Epochs count "
-                    "from 0, as in checkpoint names."
+                    "from 0, as in checkpoint names. A run that DIVERGED (a NaN or infinite loss) or stayed AT "
+                    "CHANCE (val_acc under 1.5 / 10 classes) says so under stop reason and is not tested."
                 ),
                 "",
                 "![validation accuracy and loss per epoch](comparison.png)",
@@ -273,7 +260,8 @@ def print_table(runs: list[Run]) -> None:
             table.add_column(title.replace(" ", "\n"), justify="right", no_wrap=True)
     for run in runs:
         # Text, not markup: an error message or a path may hold "[...]".
-        table.add_row(*(Text(_cell(run, key)) for key, _ in COLUMNS), style="red" if run.error else None)
+        failed = run.error or run.status not in (None, OK)
+        table.add_row(*(Text(_cell(run, key)) for key, _ in COLUMNS), style="red" if failed else None)
     Console().print(table)
 
 
@@ -296,9 +284,10 @@ def main(argv: list[str]) -> None:
         started = time.perf_counter()
         run = run_config(name, config, overrides, out / name)
         runs.append(run)
-        outcome = run.error or f"test_acc {_cell(run, 'test_acc')}"
+        failed = run.error or run.status not in (None, OK)
+        outcome = run.error or (_cell(run, "stop_reason") if failed else f"test_acc {_cell(run, 'test_acc')}")
         seconds = time.perf_counter() - started
-        console.print(f"{prefix} {outcome} ({seconds:.0f} s)", markup=False, style="red" if run.error else None)
+        console.print(f"{prefix} {outcome} ({seconds:.0f} s)", markup=False, style="red" if failed else None)
         _write(runs, out, command)  # after every run, so an interrupted comparison keeps what it has
     print_table(runs)
     console.print(f"Wrote {out / 'comparison.md'}, {out / 'comparison.json'} and {out / 'comparison.png'}.")

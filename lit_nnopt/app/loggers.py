@@ -176,6 +176,16 @@ class AutoWandbLogger(WandbLogger):
         self._watched = False
         self._made_run_dir = False
         self._logged_anything = False
+        self._started = False
+        # wandb.init's settings, ours to change before a second start (offline after a failed online one).
+        # Offline, wandb's seven lines of banner and farewell say what `finalize` says in one. Online,
+        # quiet keeps the run's address and saves a failed start ten seconds of farewell.
+        self._run_settings = {
+            "mode": self.mode,
+            "init_timeout": init_timeout,
+            "quiet": True,
+            "silent": self.mode == "offline",
+        }
         extra = {"entity": entity, "group": group, "tags": tags, "notes": notes}
         super().__init__(
             name=name,
@@ -185,6 +195,7 @@ class AutoWandbLogger(WandbLogger):
             log_model=log_model,
             checkpoint_name=checkpoint_name,
             prefix=prefix,
+            settings=self._run_settings,
             **{key: value for key, value in extra.items() if value is not None},
         )
 
@@ -201,9 +212,9 @@ class AutoWandbLogger(WandbLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        if self._experiment is None:
+        if not self._started:
             self._start()
-        return self._experiment
+        return WandbLogger.experiment.fget(self)
 
     def _start(self) -> None:
         import wandb
@@ -213,24 +224,18 @@ class AutoWandbLogger(WandbLogger):
         self._made_run_dir = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._init(wandb)
+            WandbLogger.experiment.fget(self)
         except Exception as error:  # CommError, AuthenticationError, UsageError...: all mean "cannot log online"
             if self.mode != "online":
                 raise
             self._fall_back_to_offline(wandb, error)
-            self._init(wandb)
-
-    def _init(self, wandb: Any) -> None:
-        # Offline, wandb's seven lines of banner and farewell say what `finalize` says in one.
-        # Online, quiet keeps the run's address and saves a failed start ten seconds of farewell.
-        offline = self.mode == "offline"
-        settings = wandb.Settings(init_timeout=self.init_timeout, quiet=True, silent=offline)
-        self._wandb_init.update(mode=self.mode, settings=settings)
-        WandbLogger.experiment.fget(self)
+            WandbLogger.experiment.fget(self)
+        self._started = True
 
     def _fall_back_to_offline(self, wandb: Any, error: Exception) -> None:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         self.mode, self.mode_reason = "offline", f"could not start online ({reason})"
+        self._run_settings.update(mode="offline", silent=True)
         # The failed start still holds the run id in wandb's service and left a half-made run folder.
         wandb.teardown()
         for stale in (self.run_dir / "wandb").glob(f"run-*-{self.run_id}"):
@@ -243,11 +248,11 @@ class AutoWandbLogger(WandbLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        if status != "success" and not self._logged_anything and self._experiment is not None:
+        if status != "success" and not self._logged_anything and self._started:
             self._discard_empty_run()
             return
         super().finalize(status)
-        if self.mode == "offline" and self._experiment is not None:
+        if self.mode == "offline" and self._started:
             _say_offline(self._sync_target(), self.mode_reason)
 
     def _discard_empty_run(self) -> None:
@@ -256,7 +261,9 @@ class AutoWandbLogger(WandbLogger):
         Such a run holds nothing worth syncing: its folder goes, or where it continued a run
         folder that existed before (a ``test`` of a trained run), only its own W&B files.
         """
-        experiment, self._experiment = self._experiment, None
+        experiment, self._started = self.experiment, False
+        # No public way makes WandbLogger forget its finished run; without this a later start would return it.
+        self._experiment = None
         run_files = Path(experiment.dir).parent if self.mode != "disabled" else None
         experiment.finish(exit_code=1)
         if self._made_run_dir:

@@ -2,7 +2,9 @@
 
 Every command reports bad input as one paragraph on stderr (``LIT_NNOPT_DEBUG=1`` shows the
 traceback instead) and exits non-zero: 1 for a problem found while running, 2 for a command
-line or config file that cannot be parsed, 130 after Ctrl-C and 143 after SIGTERM.
+line or config file that cannot be parsed, 3 for a ``fit`` that ran to its end but diverged or
+stayed at chance (its files are written; see ``lit_nnopt.app.reports.run_health``), 130 after
+Ctrl-C and 143 after SIGTERM.
 """
 
 from __future__ import annotations
@@ -82,12 +84,15 @@ def _run_lightning_cli(argv: list[str] | None) -> None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from lit_nnopt.app.cli import LitNNOptCLI
+    from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT
 
     try:
-        LitNNOptCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+        cli = LitNNOptCLI(args=argv)  # None: LightningCLI reads sys.argv itself
     except SIGTERMException as stop:  # a SystemExit without a code (status 0) unless InterruptCheckpoint set one
         sys.exit(stop.code or 128 + signal.SIGTERM)
     _close_process_group()
+    if cli.did_not_learn:
+        sys.exit(DID_NOT_LEARN_EXIT)
 
 
 def _close_process_group() -> None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "project_template"
 _YES = ("1", "true", "t", "yes", "y", "on")
@@ -120,17 +123,50 @@ def generate(
     return Path(project)
 
 
+def lit_nnopt_source() -> str | None:
+    """Where pip can install the running lit_nnopt from, as a ``pip install`` argument; None for a package index.
+
+    The clone it runs from (an editable install), else the file, folder or VCS URL pip recorded
+    when it installed it (``direct_url.json``, PEP 610).
+    """
+    clone = Path(__file__).resolve().parents[2]
+    if (clone / "pyproject.toml").is_file() and 'name = "lit_nnopt"' in (clone / "pyproject.toml").read_text():
+        return str(clone)
+    try:
+        recorded = metadata.distribution("lit_nnopt").read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return None
+    origin = json.loads(recorded) if recorded else {}
+    url = origin.get("url")
+    if not url:
+        return None
+    vcs = origin.get("vcs_info")
+    if vcs:
+        commit = vcs.get("commit_id")
+        return f"lit_nnopt @ {vcs.get('vcs', 'git')}+{url}" + (f"@{commit}" if commit else "")
+    return unquote(urlparse(url).path) if url.startswith("file:") else url
+
+
+def next_steps(project: Path, requirement: str) -> list[str]:
+    """The commands that set up, test and train a generated project in a fresh environment.
+
+    ``lit_nnopt`` is not on PyPI: unless ``requirement`` names where to get it (``lit_nnopt @
+    URL``), it is installed first from where the running one came from.
+    """
+    steps = [f"cd {shlex.quote(str(project))}", "python -m venv .venv", ". .venv/bin/activate"]
+    source = None if "@" in requirement else lit_nnopt_source()
+    if source is not None:
+        steps.append(f"pip install {shlex.quote(source)}")
+    return steps + ['pip install -e ".[dev]"', "pytest", f"python -m {project.name} fit --config configs/default.yaml"]
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Entry point of ``python -m lit_nnopt new``; returns the generated project's folder."""
     variables = template_variables()
     args = _parser(variables).parse_args(argv)
     answers = parse_answers(args.answers, variables)
     project = generate(answers, args.output_dir, no_input=args.no_input, overwrite=args.overwrite)
-    print(
-        f"Created {project}. Next:\n"
-        f"  cd {project}\n"
-        '  pip install -e ".[dev]"\n'
-        "  pytest\n"
-        f"  python -m {project.name} fit --config configs/default.yaml"
-    )
+    requirement = answers.get("lit_nnopt_requirement", str(variables["lit_nnopt_requirement"]))
+    steps = next_steps(project, requirement)
+    print(f"Created {project}. Next, in a fresh environment:\n" + "\n".join(f"  {step}" for step in steps))
     return project

@@ -14,26 +14,41 @@ class CheapRichProgressBar(RichProgressBar):
 
     The parent reads every metric with ``.item()`` after every batch: a device synchronization
     per step on a GPU, and on a CPU more time than the training step of a small network. This
-    bar reads them every ``refresh_rate`` batches and at the last batch of the epoch.
+    bar reads them (its public ``get_metrics``) every ``refresh_rate`` batches and at the last
+    batch of the epoch, and shows the values read last in between.
 
     It counts the batches the training loop has run, so that with
     :class:`~lit_nnopt.callbacks.StepsPerExecution` it counts batches, not groups of them, as
     Keras' bar does.
     """
 
-    _metrics_read_at = 0  # batches of the epoch run when the metrics were last read
+    _batches_at_metrics_read = 0  # batches of the epoch run when the metrics were last read
+    _read_metrics_now = True
+    _metrics_shown: dict[str, Any] | None = None
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if not self.is_disabled and self.train_progress_bar_id is None:
-            self._initialize_train_progress_bar_id()  # resumed mid-epoch
+            # Resumed mid-epoch: Lightning does not call the epoch's start hook, which makes the bar.
+            self.on_train_epoch_start(trainer, pl_module)
         batches_run = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        self._update(self.train_progress_bar_id, batches_run)
-        if batches_run < self._metrics_read_at:  # a new epoch
-            self._metrics_read_at = 0
-        if batches_run - self._metrics_read_at >= self.refresh_rate or trainer.is_last_batch:
-            self._metrics_read_at = batches_run
-            self._update_metrics(trainer, pl_module)
-        self.refresh()
+        if batches_run < self._batches_at_metrics_read:  # a new epoch
+            self._batches_at_metrics_read = 0
+        self._read_metrics_now = (
+            batches_run - self._batches_at_metrics_read >= self.refresh_rate or trainer.is_last_batch
+        )
+        if self._read_metrics_now:
+            self._batches_at_metrics_read = batches_run
+        try:
+            # The parent sets the bar to `batch_idx + 1`: the batches run, whatever a step holds.
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batches_run - 1)
+        finally:
+            self._read_metrics_now = True  # at the epoch's end and after validation, as the parent
+
+    @override
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        if self._read_metrics_now or self._metrics_shown is None:
+            self._metrics_shown = super().get_metrics(trainer, pl_module)
+        return self._metrics_shown

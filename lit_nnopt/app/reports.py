@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_nnopt.callbacks import EarlyStopping as LitEarlyStopping
+
 SUMMARY_FILE = "summary.json"
 # A run "stayed at chance" when its best validation accuracy stays below this multiple of
 # 1 / num_classes. A model that predicts one class scores 1 / num_classes on balanced data
@@ -22,6 +24,9 @@ SUMMARY_FILE = "summary.json"
 CHANCE_MARGIN = 1.5
 # What `status` in summary.json says, and what the CLI's exit status 3 means.
 OK, DIVERGED, AT_CHANCE = "ok", "diverged", "at_chance"
+# The exit status of a `fit` that ran to its end without learning: scripts can tell it from a success (0)
+# and from an error (1, 2) or an interrupt (130, 143).
+DID_NOT_LEARN_EXIT = 3
 
 
 def library_versions() -> dict[str, str]:
@@ -86,6 +91,49 @@ def run_health(history: list[dict[str, Any]], num_classes: int = 10) -> dict[str
             ),
         }
     return {"status": OK, "problem_epoch": None, "problem": None}
+
+
+def did_not_learn_message(
+    summary: dict[str, Any], lr: float | None = None, num_classes: int = 10, suggest_nan_guard: bool = True
+) -> str:
+    """The paragraph that ends a ``fit`` whose ``summary.json`` says it diverged or stayed at chance.
+
+    For a run at chance the advice follows its last ``train_loss``: above 1.5 times that of a
+    uniform guess (``ln(num_classes)``, 2.30 for ten classes) the steps overshoot, so the
+    learning rate is too high; near it the network has not moved from a guess yet.
+
+    Args:
+        summary: the fit's summary, with ``status``, ``problem`` and ``history``.
+        lr: the optimizer's learning rate, named in the advice.
+        num_classes: the classes of the task.
+        suggest_nan_guard: name ``NaNGuard`` as a remedy (not where the run had one).
+    """
+    this_lr = f" (this run's: {lr:g})" if isinstance(lr, (int, float)) else ""
+    if summary.get("status") == DIVERGED:
+        verdict = f"this run diverged: {summary.get('problem')}"
+        advice = f"Lower the learning rate{this_lr}."
+        if suggest_nan_guard:
+            advice = (
+                f"Lower the learning rate{this_lr}, or add NaNGuard, which goes back to the last good weights and "
+                "cuts the lr when the loss is not finite: "
+                "`--trainer.callbacks+=lit_nnopt.callbacks.NaNGuard --trainer.callbacks.lr_factor 0.1`."
+            )
+    else:
+        losses = [row["train_loss"] for row in summary.get("history", []) if row.get("train_loss") is not None]
+        guess = math.log(num_classes)
+        last = f"train_loss {losses[-1]:.4g} at the end, " if losses else ""
+        verdict = f"this run did not learn: {summary.get('problem')}"
+        if losses and losses[-1] > CHANCE_MARGIN * guess:
+            advice = f"Its {last}far above a uniform guess's {guess:.2f}, says the learning rate{this_lr} is too high."
+        else:
+            advice = (
+                f"Its {last}near a uniform guess's {guess:.2f}, says the network has not moved from a guess: "
+                f"train for more steps, or raise a learning rate{this_lr} too low to move it."
+            )
+    return (
+        f"lit_nnopt: {verdict}. Its checkpoints hold no trained model: none is offered for testing, and "
+        f"`--ckpt_path best` passes this run over. {advice} (Exit status {DID_NOT_LEARN_EXIT}.)"
+    )
 
 
 class RunSummary(pl.Callback):
@@ -213,7 +261,8 @@ def stop_reason(trainer: pl.Trainer) -> str:
         return "interrupted"
     for callback in trainer.callbacks:
         message = getattr(callback, "stopping_reason_message", None)
-        if isinstance(callback, EarlyStopping) and (message or callback.stopped_epoch):
+        # lit_nnopt's EarlyStopping is a class of its own, not a subclass of Lightning's.
+        if isinstance(callback, (EarlyStopping, LitEarlyStopping)) and (message or callback.stopped_epoch):
             message = message or f"{callback.monitor} stopped improving"
             return f"early stopping at epoch {callback.stopped_epoch}: {message}"
         if message:

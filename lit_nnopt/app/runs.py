@@ -1,4 +1,4 @@
-"""Finding runs again: a run's folder, its best checkpoint, the checkpoint to resume, the latest run of a config.
+"""Finding runs again: a run's folder, its best checkpoint, the checkpoint to resume, the best run of a config.
 
 A run folder holds ``config.yaml`` (the LightningCLI config of its ``fit``), ``checkpoints/``
 and ``summary.json``; with the default logger it is ``<save_dir>/<project>/<run id>``,
@@ -7,11 +7,15 @@ without a logger ``<default_root_dir>/fit-<date>-<time>``.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import re
 import shlex
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,25 +70,82 @@ def best_checkpoint(run: Path) -> Path | None:
     return None
 
 
-def _best_in_last_checkpoint(run: Path) -> str | None:
+def _model_checkpoint_state(run: Path) -> dict[str, Any]:
+    """The ModelCheckpoint state its ``last.ckpt`` holds, or {} (no such file, or one that cannot be read)."""
     last = run / CHECKPOINTS / "last.ckpt"
     if not last.is_file():
-        return None
+        return {}
     try:
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
-    except Exception:  # a damaged last.ckpt: the run has no best checkpoint we can name
+        # A str: torch before 2.3 memory-maps only a file name given as one, and refuses a Path.
+        state = torch.load(str(last), map_location="cpu", weights_only=True, mmap=True).get("callbacks", {})
+    except Exception as error:  # damaged, or written by a newer torch: the run's best checkpoint stays unknown
+        _say_unreadable(last, str(error).strip().split(". ")[0] or type(error).__name__)
+        return {}
+    found = [value for key, value in state.items() if key.startswith("ModelCheckpoint") and isinstance(value, dict)]
+    return next((value for value in found if value.get("best_model_path")), {})
+
+
+@functools.cache
+def _say_unreadable(last: Path, reason: str) -> None:
+    """Says once per file that a run is left out of the lookup, rather than finding nothing without a word."""
+    sys.stderr.write(
+        f"lit_nnopt: {last} cannot be read ({reason}), so its run's best checkpoint is not known; "
+        "that run is passed over (to use it, give one of its checkpoints/*.ckpt as --ckpt_path).\n"
+    )
+
+
+def _best_in_last_checkpoint(run: Path) -> str | None:
+    return _model_checkpoint_state(run).get("best_model_path")
+
+
+@dataclass(frozen=True)
+class BestRun:
+    """The best checkpoint among a config's runs: the file, its run folder and its score by ``monitor``."""
+
+    checkpoint: Path
+    run: Path
+    monitor: str
+    score: float
+    runs_compared: int
+
+
+def best_run_checkpoint(
+    root: str | os.PathLike, config: dict[str, Any], monitor: str = "val_acc", mode: str = "max"
+) -> BestRun | None:
+    """The best checkpoint by ``monitor`` among the runs of ``config`` under ``root`` that learnt.
+
+    A run's score is its ``summary.json``'s best value of ``monitor``, else (an interrupted
+    run) the best score its ``last.ckpt`` remembers. Runs whose summary says they diverged or
+    stayed at chance are passed over, as are runs that monitored another metric. On a tie the
+    newest run wins.
+    """
+    scored: list[tuple[float, Path, Path]] = []
+    for run in matching_runs(root, config):  # newest first
+        summary = _read_json(run / SUMMARY)
+        if summary.get("status", "ok") != "ok":
+            continue
+        checkpoint = best_checkpoint(run)
+        score = _score(run, summary, monitor)
+        if checkpoint is not None and score is not None:
+            scored.append((score, checkpoint, run))
+    if not scored:
         return None
-    paths = [value.get("best_model_path") for key, value in state.items() if key.startswith("ModelCheckpoint")]
-    return next((path for path in paths if path), None)
+    pick = max if mode == "max" else min
+    score, checkpoint, run = pick(scored, key=lambda entry: entry[0])  # the first, the newest, of equals
+    return BestRun(checkpoint, run, monitor, score, len(scored))
 
 
-def latest_best_checkpoint(root: str | os.PathLike, config: dict[str, Any]) -> Path | None:
-    """The best checkpoint of the newest run of ``config`` under ``root`` that has one."""
-    for run in matching_runs(root, config):
-        found = best_checkpoint(run)
-        if found is not None:
-            return found
-    return None
+def _score(run: Path, summary: dict[str, Any], monitor: str) -> float | None:
+    if summary.get("monitor", monitor) == monitor and isinstance(summary.get("best"), dict):
+        value = summary["best"].get(monitor)
+        if isinstance(value, (int, float)):
+            return float(value)
+    state = _model_checkpoint_state(run)
+    value = state.get("best_model_score")
+    if state.get("monitor") != monitor or value is None:
+        return None
+    number = float(value.item() if isinstance(value, torch.Tensor) else value)
+    return number if math.isfinite(number) else None
 
 
 def new_run_name(root: str | os.PathLike, subcommand: str) -> str:

@@ -7,35 +7,43 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torchmetrics import Metric
 from typing_extensions import override
 
-from lit_nnopt._lightning_internals import epoch_aggregates, merge_epoch_aggregates
+from lit_nnopt._host import Callback
 
 
 class ExactResume(Callback):
     """Put into every checkpoint what Lightning leaves out, so a run resumed mid-epoch ends as if never stopped.
 
     The callback's state holds torch's, CUDA's and Python's random-number generators and, when
-    saved during a training epoch, the epoch's partial metrics: the states of the module's
-    torchmetrics, the running aggregates of values logged with ``self.log(..., on_epoch=True)``
-    and ``trainer.callback_metrics``. They are put back before the first batch after a resume,
-    so dropout draws the same masks and the resumed epoch's metrics cover the whole epoch. With
-    a data loader that resumes at the next batch (lit_nnopt's ``BatchLoader``), a single-process
-    run resumed from a mid-epoch checkpoint ends bitwise equal to an uninterrupted one.
+    saved during a training epoch, the epoch's partial metrics as public APIs give them: the
+    states of the module's torchmetrics ``Metric`` objects (the names declared with
+    ``add_state``) and ``trainer.callback_metrics``. They are put back before the first batch
+    after a resume, so dropout draws the same masks and the resumed epoch's metrics cover the
+    whole epoch. With a data loader that resumes at the next batch (lit_nnopt's
+    ``BatchLoader``), a single-process run resumed from a mid-epoch checkpoint ends bitwise
+    equal to an uninterrupted one.
 
-    Not saved: NumPy's generator; under DDP, the epoch's aggregates (each rank holds its own
-    share, a checkpoint only rank 0's), so there an epoch resumed midway reports the metrics of
-    the batches after the resume, as with Lightning alone.
+    **What the module must do** for its epoch metrics to resume exactly: log them as torchmetrics
+    ``Metric`` objects, updated in each step and handed to ``self.log`` (``self.train_loss.update(loss)``,
+    then ``self.log("train_loss", self.train_loss, on_epoch=True)``), as lit_nnopt's
+    ``MNISTClassifier`` does. A value logged as a plain tensor with ``on_epoch=True`` is averaged by
+    Lightning in its own private results, which no public API reads or writes: after a mid-epoch
+    resume that epoch's value covers only the batches after the resume. The weights are bitwise
+    the same either way.
+
+    Not saved: NumPy's generator; under DDP, the epoch's metrics (each rank holds its own share,
+    a checkpoint only rank 0's), so there an epoch resumed midway reports the metrics of the
+    batches after the resume, as with Lightning alone.
 
     :class:`~lit_nnopt.callbacks.InterruptCheckpoint` is an ``ExactResume`` already; use one of
     the two.
 
     Raises:
-        MisconfigurationException: when fit starts with two of them (each would fold the saved
-            aggregates in once).
+        MisconfigurationException: when fit starts with two of them (each would put the saved
+            state back once).
 
     Example::
 
@@ -52,7 +60,6 @@ class ExactResume(Callback):
     def __init__(self) -> None:
         self._trainer: pl.Trainer | None = None
         self._to_restore: dict[str, Any] | None = None
-        self._aggregates_to_merge: dict[str, Any] | None = None
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -92,15 +99,6 @@ class ExactResume(Callback):
             for name, metric_state in partial["metrics"].items():
                 _set_metric_state(pl_module.get_submodule(name), metric_state)
             trainer.callback_metrics.update(partial["callback_metrics"])
-            self._aggregates_to_merge = partial["results"]  # their entries exist once the first batch logged
-
-    @override
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        saved, self._aggregates_to_merge = self._aggregates_to_merge, None
-        if saved:
-            merge_epoch_aggregates(trainer, saved)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -128,7 +126,6 @@ def _partial_epoch(trainer: pl.Trainer) -> dict[str, Any]:
     }
     return {
         "epoch": trainer.current_epoch,
-        "results": epoch_aggregates(trainer),
         "metrics": metrics,
         "callback_metrics": {name: _cpu_copy(value) for name, value in trainer.callback_metrics.items()},
     }

@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lit_nnopt._host import Callback, host_classes
+from lit_nnopt.callbacks.monitor import state_key_of
 
 _MODES = ("norm", "per_tensor_norm", "value", "agc", "autoclip")
 _ON_NONFINITE = ("skip", "raise")
@@ -197,7 +198,7 @@ class GradientClipping(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(mode=self.mode)
+        return state_key_of(self, mode=self.mode)
 
     @property
     def clipped_fraction(self) -> float:

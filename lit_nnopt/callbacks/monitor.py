@@ -27,11 +27,10 @@ _HIGHER_IS_BETTER |= {"top1", "top5"}
 def resolve_mode(monitor: str, mode: str, owner: str) -> str:
     """``mode``, with ``"auto"`` read from the words of ``monitor`` (``val_loss`` -> min, ``val_acc`` -> max).
 
-    A name that tells neither direction (or both) gives ``"min"``, Lightning's default, with a
-    warning that says which ``mode`` to pass.
-
     Raises:
-        MisconfigurationException: if ``mode`` is not one of auto, min, max.
+        MisconfigurationException: if ``mode`` is not one of auto, min, max; or if it is
+            ``"auto"`` and the name tells neither direction (or both), as Keras refuses it: a
+            guess would minimise a ``val_top3`` or a ``val_score``.
     """
     if mode not in MODES:
         raise MisconfigurationException(f"`mode` can be {', '.join(MODES)}, got {mode}.")
@@ -41,12 +40,11 @@ def resolve_mode(monitor: str, mode: str, owner: str) -> str:
     lower, higher = bool(words & _LOWER_IS_BETTER), bool(words & _HIGHER_IS_BETTER)
     if lower != higher:
         return "min" if lower else "max"
-    rank_zero_warn(
-        f"{owner}(mode='auto') cannot tell from its name whether `{monitor}` should go down or up (it contains"
-        f" {'both' if lower else 'none'} of the known words: loss, error, mse, ... for min; acc, auc, f1, ... for"
-        " max), so it takes mode='min'. Pass mode='min' or mode='max' to say which."
+    raise MisconfigurationException(
+        f"{owner}(mode='auto') cannot tell from its name whether `{monitor}` should go down or up: it contains"
+        f" {'both' if lower else 'none'} of the known words (loss, error, mse, ... for min; acc, auc, f1, ... for"
+        f" max). Pass mode='min' if a lower `{monitor}` is better, or mode='max' if a higher one is."
     )
-    return "min"
 
 
 class MonitorMixin:
@@ -133,3 +131,12 @@ def resolve_check_on_train_epoch_end(trainer: pl.Trainer, given: bool | None) ->
     if given is not None:
         return given
     return trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
+
+
+def state_key_of(callback: Any, **arguments: Any) -> str:
+    """The key of ``callback``'s state in a checkpoint: its class name and the arguments that tell two apart.
+
+    The format of Lightning's callbacks (``EarlyStopping{'monitor': 'val_loss', 'mode': 'min'}``), so
+    that checkpoints written by Lightning's class or by an earlier lit_nnopt load into this one.
+    """
+    return f"{type(callback).__qualname__}{arguments!r}"

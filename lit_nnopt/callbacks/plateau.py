@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from lit_nnopt._host import Callback
 from lit_nnopt.callbacks._shared import check_lr_schedulers, scale_lr
-from lit_nnopt.callbacks.monitor import MonitorMixin, resolve_check_on_train_epoch_end, resolve_mode
+from lit_nnopt.callbacks.monitor import MonitorMixin, resolve_check_on_train_epoch_end, resolve_mode, state_key_of
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class ReduceLROnPlateau(MonitorMixin, Callback):
         factor: ``new_lr = lr * factor``, in (0, 1).
         patience: checks without improvement after which the lr is reduced.
         mode: ``"min"``, ``"max"``, or ``"auto"``: from the metric's name (``loss``, ``error``,
-            ... -> min; ``acc``, ``auc``, ``f1``, ... -> max), ``"min"`` with a warning when the
-            name does not tell.
+            ... -> min; ``acc``, ``auc``, ``f1``, ... -> max); a name that tells neither is
+            refused, with the ``mode`` to pass.
         min_delta: a change of at most this is not an improvement (Keras' default is 1e-4).
         min_delta_mode: ``"absolute"`` (Keras): improve on the best by more than ``min_delta``;
             ``"relative"``: by more than ``min_delta * |best|``.
@@ -63,8 +63,9 @@ class ReduceLROnPlateau(MonitorMixin, Callback):
 
     Raises:
         ValueError: for an argument out of range.
-        MisconfigurationException: for an unknown ``mode``; when fit starts, if ``min_lr`` has
-            the wrong length or the optimizer has a scheduler that would undo the reductions.
+        MisconfigurationException: for an unknown ``mode``, or ``"auto"`` with a name that tells no
+            direction; when fit starts, if ``min_lr`` has the wrong length or the optimizer has a
+            scheduler that would undo the reductions.
 
     Example::
 
@@ -132,7 +133,7 @@ class ReduceLROnPlateau(MonitorMixin, Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(monitor=self.monitor, mode=self.mode)
+        return state_key_of(self, monitor=self.monitor, mode=self.mode)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

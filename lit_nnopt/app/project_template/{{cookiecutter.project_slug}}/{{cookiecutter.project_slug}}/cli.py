@@ -8,7 +8,9 @@ and ``python -m {{ cookiecutter.project_slug }} fit --help`` lists them all.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -22,6 +24,12 @@ PROG = "python -m {{ cookiecutter.project_slug }}"
 
 class ProjectCLI(LightningCLI):
     """LightningCLI that refuses to evaluate untrained weights and names the best checkpoint after ``fit``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The command line, for the `test` command printed after `fit`: the same options, data_dir included.
+        given = kwargs.get("args")
+        self._args = list(sys.argv[1:]) if given is None else list(map(str, given)) if isinstance(given, list) else []
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The `checkpoint:` section of the config: which checkpoints a run keeps, and under what names.
@@ -45,8 +53,21 @@ class ProjectCLI(LightningCLI):
             print(
                 f"Best checkpoint ({checkpoint.monitor} {float(checkpoint.best_model_score):.4f}): "
                 f"{checkpoint.best_model_path}\n"
-                f"Test it with: {PROG} test --config configs/default.yaml --ckpt_path {checkpoint.best_model_path}"
+                f"Test it with: {command_that_tests(self._args, checkpoint.best_model_path)}"
             )
+
+
+def command_that_tests(fit_args: list[str], ckpt_path: str) -> str:
+    """The ``fit`` command line turned into the ``test`` of ``ckpt_path``: its config and options kept."""
+    kept, skip = [], False
+    for arg in fit_args:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True  # the checkpoint the fit resumed from is not the one to test
+        elif not arg.startswith("--ckpt_path="):
+            kept.append("test" if arg == "fit" else arg)
+    return shlex.join([*PROG.split(), *kept, "--ckpt_path", ckpt_path])
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:

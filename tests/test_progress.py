@@ -1,0 +1,81 @@
+"""The CLI's progress bar: the metrics read only when it redraws, and a bar after a mid-epoch resume."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, RichProgressBar
+
+from lit_nnopt import MLP, BatchLoader, MNISTClassifier
+from lit_nnopt.app.progress import CheapRichProgressBar
+
+BATCHES = 10
+
+
+def _loader() -> BatchLoader:
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.rand((BATCHES * 8, 1, 28, 28), generator=generator), torch.randint(0, 10, (BATCHES * 8,))
+    return BatchLoader(images, labels, 8, shuffle=True, seed=1)
+
+
+class RecordBar(Callback):
+    """After each training batch: the bar's (completed, total) and how often the metrics were read so far."""
+
+    def __init__(self, reads: list[int]) -> None:
+        self.reads, self.seen = reads, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = next(callback for callback in trainer.callbacks if isinstance(callback, CheapRichProgressBar))
+        task = bar.progress.tasks[bar.train_progress_bar_id]
+        self.seen.append((task.completed, task.total, len(self.reads)))
+
+
+def _fit(tmp_path, *callbacks, ckpt_path=None, refresh_rate=4) -> None:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[CheapRichProgressBar(refresh_rate=refresh_rate), *callbacks],
+    )
+    pl.seed_everything(0, verbose=False)
+    trainer.fit(MNISTClassifier(net=MLP([8])), train_dataloaders=_loader(), ckpt_path=ckpt_path)
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the parent's metric reads (each one an `.item()` per metric)."""
+    calls: list[int] = []
+    read = RichProgressBar.get_metrics
+
+    def counted(self, trainer, pl_module):
+        calls.append(trainer.global_step)
+        return read(self, trainer, pl_module)
+
+    monkeypatch.setattr(RichProgressBar, "get_metrics", counted)
+    return calls
+
+
+def test_reads_the_metrics_every_refresh_rate_batches_and_at_the_last(tmp_path, reads):
+    record = RecordBar(reads)
+    _fit(tmp_path, record, refresh_rate=4)
+    completed = [done for done, _, _ in record.seen]
+    assert completed == list(range(1, BATCHES + 1)) and {total for _, total, _ in record.seen} == {BATCHES}
+    # Read after the first batch (nothing was shown yet), then after batches 4, 8 and 10 (the last).
+    assert [count for _, _, count in record.seen] == [1, 1, 1, 2, 2, 2, 2, 3, 3, 4]
+
+
+def test_a_fit_resumed_mid_epoch_has_a_bar_counting_from_the_resume(tmp_path, reads):
+    class SaveAtStep3(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step == 3:
+                trainer.save_checkpoint(tmp_path / "step3.ckpt")
+
+    _fit(tmp_path / "whole", SaveAtStep3())
+    record = RecordBar(reads)
+    _fit(tmp_path / "resumed", record, ckpt_path=str(tmp_path / "step3.ckpt"))
+    assert [(done, total) for done, total, _ in record.seen] == [(done, BATCHES) for done in range(4, BATCHES + 1)]
