@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning_utilities.core.overrides import is_overridden
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 from lit_nnopt._host import Callback, namespace_of
