@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lit_nnopt.app import reports
-from lit_nnopt.app.reports import AT_CHANCE, DIVERGED, OK, RunSummary, did_not_learn_message, run_health
+from lit_nnopt.app.reports import (
+    AT_CHANCE,
+    DIVERGED,
+    OK,
+    RunSummary,
+    did_not_learn_message,
+    print_summary,
+    run_health,
+)
 
 
 def _epoch_end(summary: RunSummary, epoch: int, **metrics: float) -> None:
@@ -116,3 +125,16 @@ def test_a_run_that_had_nan_guard_is_not_told_to_add_it():
     diverged = {"status": DIVERGED, "problem": "train_loss became NaN or infinite in epoch 0", "history": []}
     message = did_not_learn_message(diverged, lr=1e25, suggest_nan_guard=False)
     assert "Lower the learning rate (this run's: 1e+25). (Exit status 3.)" in message and "NaNGuard" not in message
+
+
+def test_the_results_table_shows_results_and_the_verdict_not_the_optimizer_settings(tmp_path, capsys):
+    summary = {
+        "final": {"val_acc": 0.0983, "lr-Adam": 0.002, "lr-Adam-momentum": 0.9, "lr-Adam-weight_decay": 0.0},
+        "best": {"val_acc": 0.0983},
+        "best_epoch": 0,
+        "status": "at_chance",
+    }
+    print_summary(summary, tmp_path / "summary.json")
+    printed = capsys.readouterr().out
+    assert "lr-Adam " in printed and "momentum" not in printed and "weight_decay" not in printed
+    assert re.search(r"status\s*│\s*at_chance", printed)

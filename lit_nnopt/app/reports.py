@@ -274,6 +274,9 @@ def stop_reason(trainer: pl.Trainer) -> str:
     return f"max_epochs ({trainer.max_epochs}) reached"
 
 
+_OPTIMIZER_SETTINGS = ("-momentum", "-weight_decay")
+
+
 def print_summary(summary: dict[str, Any], path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -284,6 +287,8 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
     table.add_column(f"best (epoch {summary.get('best_epoch')})" if "best" in summary else "best", justify="right")
     best = summary.get("best", {})
     for name in sorted(summary.get("final", {})):
+        if name.startswith("lr-") and name.endswith(_OPTIMIZER_SETTINGS):
+            continue  # LearningRateMonitor's momentum and weight decay: settings, not results (summary.json keeps them)
         table.add_row(name, _fmt(summary["final"][name]), _fmt(best.get(name)))
     for key in ("epochs_run", "wall_seconds", "stop_reason", "status"):
         if key in summary:
