@@ -136,7 +136,8 @@ def speedrun(args: argparse.Namespace, run: Runner, work: Path) -> dict[str, Any
     fit_extra, test_extra = [], []
     if args.dry_run:
         fit_extra = ["--trainer.accelerator", "cpu", "--model.compile", "false", "--trainer.limit_train_batches", "4"]
-        fit_extra += ["--trainer.limit_val_batches", "2"]
+        # The whole OneCycle in the run's 2 x 4 steps: cut short, its lr stays too low to learn, and the fit exits 3
+        fit_extra += ["--trainer.limit_val_batches", "2", "--lr_scheduler.total_steps", "8"]
         test_extra = ["--trainer.accelerator", "cpu", "--model.compile", "false", "--trainer.limit_test_batches", "2"]
     caches = {"TORCHINDUCTOR_CACHE_DIR": str(work / "inductor-cache"), "TRITON_CACHE_DIR": str(work / "triton-cache")}
     base = [sys.executable, "-m", "lit_nnopt"]
@@ -206,6 +207,7 @@ def ddp(args: argparse.Namespace, run: Runner, work: Path) -> dict[str, Any]:
     devices = torch.cuda.device_count() if args.accelerator == "gpu" else 1
     epochs = 2
     limit = ["--trainer.limit_train_batches", "8", "--trainer.limit_val_batches", "2"] if args.dry_run else []
+    limit += ["--lr_scheduler.total_steps", str(epochs * 8)] if args.dry_run else []  # as in the speedrun's dry run
     root = work / "ddp"
     fit = run(
         [
@@ -273,8 +275,9 @@ def cnn_reference(args: argparse.Namespace) -> None:
     decay = [p for p in net.parameters() if p.ndim > 1]  # conv and dense kernels; biases and batch norm are 1-d
     groups = [{"params": decay, "weight_decay": 1e-4}, {"params": [p for p in net.parameters() if p.ndim <= 1]}]
     optimizer = torch.optim.AdamW(groups, lr=0.003, weight_decay=0.0, fused=True)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.003, total_steps=3000)
     limits = {"limit_batches": 8, "limit_val_batches": 2} if args.dry_run else {}  # as the dry run's DDP fit
+    total_steps = args.epochs * 8 if args.dry_run else 3000
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.003, total_steps=total_steps)
     epoch_seconds, val_acc = train_by_hand(net, optimizer, split, args.epochs, 64, step_scheduler=scheduler, **limits)
     args.result.write_text(json.dumps({"epoch_seconds": epoch_seconds, "val_acc": val_acc}))
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lit_nnopt.app.cli import ConfigError
-from lit_nnopt.app.main import DEBUG_ENV, main
+from lit_nnopt.app.main import DEBUG_ENV, explain, main
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.networks import MLP
 from tests.helpers import CONFIGS, REPO, link_mnist
@@ -353,3 +353,78 @@ def test_the_exit_status_reaches_the_shell(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-2].startswith("lit_nnopt: error: `model.net.init_args.dropout`")
     assert "Traceback" not in result.stderr
+
+
+# -- parser errors keep their reason and name the nearest valid name (issue 26) ----------------
+
+
+def test_a_long_option_must_be_spelled_out_and_the_nearest_is_named(capfd, tmp_path):
+    code, stderr = _fit(capfd, tmp_path, "--trainer.max_epoch", "2")  # argparse took it for max_epochs
+    assert code == 2
+    assert "unrecognized arguments: --trainer.max_epoch 2. Did you mean --trainer.max_epochs?" in stderr
+
+
+def test_a_misspelt_key_in_yaml_names_the_nearest(capfd, tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text("trainer:\n  max_epoch: 3\n")
+    code, stderr = _main(capfd, "fit", "--config", str(config))
+    assert code == 2
+    assert "does not accept option 'trainer.max_epoch'. Did you mean trainer.max_epochs?" in stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "reason", "nearest"),
+    [
+        ("torch.optim.Adamm", "module 'torch.optim' has no attribute 'Adamm'", "torch.optim.Adam"),
+        ("torch.optimm.Adam", "module 'torch' has no attribute 'optimm'", "torch.optim.Adam"),
+        ("Adamm", "it is not an importable dotted path (module.Class)", "torch.optim.Adam"),
+    ],
+)
+def test_a_class_that_cannot_be_imported_keeps_the_reason_and_names_the_nearest(
+    capfd, tmp_path, value, reason, nearest
+):
+    code, stderr = _fit(capfd, tmp_path, "--optimizer", value)
+    assert code == 2
+    assert f"lit_nnopt: error: `--optimizer {value}`: {reason}. Did you mean {nearest}?\n" in stderr
+    assert "more lines" not in stderr and "Subtypes" not in stderr
+
+
+def test_a_yaml_line_without_its_colon_is_named_with_the_fix(capfd, tmp_path):
+    config = tmp_path / "colon.yaml"
+    config.write_text("trainer:\n  max_epochs 3\n")
+    code, stderr = _main(capfd, "fit", "--config", str(config))
+    assert code == 2
+    assert "`trainer` in the config is the text 'max_epochs 3', not a section of keys" in stderr
+    assert "a YAML line needs a colon and a space after its key (`max_epochs: 3`)" in stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU: --trainer.accelerator gpu runs")
+def test_a_gpu_asked_for_on_a_machine_without_one_names_the_fix(capfd, tmp_path):
+    code, stderr = _fit(capfd, tmp_path, "--trainer.accelerator", "gpu")
+    assert code == 1
+    assert "`--trainer.accelerator gpu` asks for a GPU and there is none to use" in stderr
+    assert "`--trainer.accelerator cpu`" in stderr
+
+
+def test_torch_and_torchvision_of_different_builds_name_the_reinstall():
+    message = explain(RuntimeError("operator torchvision::nms does not exist"))
+    assert "come from different builds" in message and "pip install --force-reinstall torch torchvision" in message
+
+
+@pytest.mark.slow  # a new interpreter
+def test_a_broken_torchvision_fails_every_command_with_the_reinstall_named(tmp_path):
+    # A torchvision whose compiled operators do not load into this torch fails on import, as this stand-in does.
+    (tmp_path / "torchvision").mkdir()
+    (tmp_path / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_nnopt", "fit", "--config", ADAM, "--trainer.max_epochs", "0"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "come from different builds" in result.stderr and "--force-reinstall torch torchvision" in result.stderr

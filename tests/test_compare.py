@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_nnopt.app.compare import DEFAULT_OUT, Run, parse_args, plot, run_names, write_markdown
+from lit_nnopt.app.compare import DEFAULT_OUT, Run, parse_args, plot, print_table, run_names, write_markdown
 from tests.helpers import CONFIGS, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -148,3 +148,21 @@ def test_compare_a_diverging_config_a_broken_one_and_a_good_one(mnist_dir: Path,
     (fit_run,) = [path.parent for path in (out / "tutorial" / "fit").rglob("config.yaml")]
     assert (fit_run / "confusion_matrix.png").is_file() and not (out / "tutorial" / "test").exists()  # one run folder
     assert "[1/3] diverging: DIVERGED: " in result.stderr and "[3/3] tutorial: test_acc" in result.stderr
+
+
+def test_the_printed_table_keeps_a_row_on_one_line_off_a_terminal(capsys, monkeypatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    run = Run(
+        "exponential_decay",
+        "configs/exponential_decay.yaml",
+        0.9812,
+        0.981,
+        0.9803,
+        19,
+        20,
+        "max_epochs (20) reached",
+        2.5,
+    )
+    print_table([run])
+    rows = [line for line in capsys.readouterr().out.splitlines() if "exponential_decay" in line]
+    assert len(rows) == 1 and "98.12%" in rows[0] and "max_epochs (20) reached" in rows[0] and "2.50" in rows[0]

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
 from lit_nnopt.app import reports
-from lit_nnopt.app.reports import AT_CHANCE, DIVERGED, OK, RunSummary, did_not_learn_message, run_health
+from lit_nnopt.app.reports import (
+    AT_CHANCE,
+    DIVERGED,
+    OK,
+    RunSummary,
+    did_not_learn_message,
+    print_summary,
+    run_health,
+)
 
 
 def _epoch_end(summary: RunSummary, epoch: int, **metrics: float) -> None:
@@ -116,3 +126,55 @@ def test_a_run_that_had_nan_guard_is_not_told_to_add_it():
     diverged = {"status": DIVERGED, "problem": "train_loss became NaN or infinite in epoch 0", "history": []}
     message = did_not_learn_message(diverged, lr=1e25, suggest_nan_guard=False)
     assert "Lower the learning rate (this run's: 1e+25). (Exit status 3.)" in message and "NaNGuard" not in message
+
+
+def test_the_results_table_shows_results_and_the_verdict_not_the_optimizer_settings(tmp_path, capsys):
+    summary = {
+        "final": {"val_acc": 0.0983, "lr-Adam": 0.002, "lr-Adam-momentum": 0.9, "lr-Adam-weight_decay": 0.0},
+        "best": {"val_acc": 0.0983},
+        "best_epoch": 0,
+        "status": "at_chance",
+    }
+    print_summary(summary, tmp_path / "summary.json")
+    printed = capsys.readouterr().out
+    assert "lr-Adam " in printed and "momentum" not in printed and "weight_decay" not in printed
+    assert re.search(r"status\s*│\s*at_chance", printed)
+
+
+class _Clock:
+    """A stand-in for ``time`` in lit_nnopt.app.reports: each reading is 50 s after the previous one."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 50.0
+        return self.now
+
+
+def test_a_fit_resumed_from_its_checkpoint_goes_on_counting_its_seconds(tmp_path, monkeypatch):
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    def fit(epochs: int, ckpt_path: str | None = None) -> RunSummary:
+        monkeypatch.setattr(reports, "time", _Clock())  # a new process: its clock starts anew
+        summary = RunSummary()
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            limit_train_batches=2,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            callbacks=[summary],
+        )
+        trainer.fit(BoringModel(), ckpt_path=ckpt_path)
+        trainer.save_checkpoint(tmp_path / "last.ckpt")
+        return summary
+
+    first = fit(1)
+    resumed = fit(2, ckpt_path=str(tmp_path / "last.ckpt"))
+    before, after = (row["elapsed_seconds"] for row in resumed.history)
+    assert before == first.history[0]["elapsed_seconds"] and after > first.summary["wall_seconds"] >= before
+    assert resumed.summary["wall_seconds"] > after

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities.types import LRSchedulerConfig
 
 from lit_nnopt.app.cli import default_callbacks
 from lit_nnopt.app.schedule_length import ScheduleLength, ScheduleTooShortError
+from lit_nnopt.optim import WarmupCosineDecay
 
 
 def _trainer(total_steps: int, steps: float, interval: str = "step", frequency: int = 1, max_epochs: int = 20):
@@ -43,6 +44,18 @@ def test_a_run_of_the_schedule_s_length_is_silent(capsys):
 def test_a_longer_run_is_refused_before_torch_fails_mid_training(capsys):
     with pytest.raises(ScheduleTooShortError, match=r"total_steps 3000, but this fit takes 3750 optimizer steps"):
         _start(_trainer(3000, 3750), capsys)
+
+
+def test_a_warmup_cosine_longer_than_the_run_is_warned_and_a_shorter_one_holds_its_last_lr(capsys):
+    trainer = _trainer(100, 10)
+    optimizer = trainer.lr_scheduler_configs[0].scheduler.optimizer
+    cosine = WarmupCosineDecay(optimizer, warmup_steps=750, total_steps=15000)
+    trainer.lr_scheduler_configs = [LRSchedulerConfig(cosine, interval="step")]
+    trainer.estimated_stepping_batches = 1500
+    (message,) = _start(trainer, capsys)
+    assert message.startswith("lit_nnopt: warning: WarmupCosineDecay has total_steps 15000, but this fit takes only")
+    trainer.estimated_stepping_batches = 30000
+    assert _start(trainer, capsys) == []
 
 
 def test_an_endless_run_or_a_scheduler_without_total_steps_is_not_judged(capsys):

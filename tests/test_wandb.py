@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from wandb.proto import wandb_internal_pb2
 
 from lit_nnopt import MNISTClassifier
@@ -167,14 +168,16 @@ def test_run_id_of_a_sweep_agent_is_used(monkeypatch, tmp_path):
 
 
 def test_checkpoints_are_uploaded_only_online(no_credentials, monkeypatch, tmp_path):
+    handed_to_wandb_logger = []
+    monkeypatch.setattr(
+        WandbLogger, "after_save_checkpoint", lambda self, callback: handed_to_wandb_logger.append(callback)
+    )
     checkpoint = ModelCheckpoint(save_top_k=1)
-    offline = AutoWandbLogger(mode="offline", log_model=True, save_dir=str(tmp_path))
-    offline.after_save_checkpoint(checkpoint)
-    assert offline._checkpoint_callbacks == {}
+    AutoWandbLogger(mode="offline", log_model=True, save_dir=str(tmp_path)).after_save_checkpoint(checkpoint)
+    assert handed_to_wandb_logger == []
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
-    online = AutoWandbLogger(mode="online", log_model=True, save_dir=str(tmp_path))
-    online.after_save_checkpoint(checkpoint)  # remembered, uploaded at the end of training
-    assert list(online._checkpoint_callbacks.values()) == [checkpoint]
+    AutoWandbLogger(mode="online", log_model=True, save_dir=str(tmp_path)).after_save_checkpoint(checkpoint)
+    assert handed_to_wandb_logger == [checkpoint]  # WandbLogger uploads it (at the end of training)
 
 
 def test_watch_is_called_once_with_the_configured_arguments(monkeypatch, tmp_path):

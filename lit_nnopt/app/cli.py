@@ -259,8 +259,8 @@ class LitNNOptCLI(LightningCLI):
         else:
             where = f" under {root}" if root is not None else ""
             hint = (
-                f"No run of this config{where} has a checkpoint: train one with `python -m lit_nnopt fit` and "
-                "this config, or give `--ckpt_path <file>` (a run's checkpoints/best-*.ckpt)."
+                f"No run of this config{where} that learnt has a checkpoint: train one with `python -m lit_nnopt "
+                "fit` and this config, or give `--ckpt_path <file>` (a run's checkpoints/best-*.ckpt)."
             )
         problem = f"`{subcommand}` needs trained weights and no --ckpt_path was given"
         return f"{problem}: it would score an untrained model. {hint}"

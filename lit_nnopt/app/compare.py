@@ -9,6 +9,7 @@ run's ``summary.json`` (see ``lit_nnopt.app.reports.RunSummary``) and go to ``DI
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -244,6 +245,9 @@ def plot(runs: list[Run], path: Path) -> None:
     save_figure(figure, path, dpi=110)
 
 
+_UNWRAPPED_WIDTH = 200
+
+
 def print_table(runs: list[Run]) -> None:
     """The table on the terminal, failed configs in red."""
     from rich.console import Console
@@ -262,7 +266,11 @@ def print_table(runs: list[Run]) -> None:
         # Text, not markup: an error message or a path may hold "[...]".
         failed = run.error or run.status not in (None, OK)
         table.add_row(*(Text(_cell(run, key)) for key, _ in COLUMNS), style="red" if failed else None)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Rich lays out for 80 columns off a terminal (a log file, CI): a row per line reads better there.
+        console = Console(width=_UNWRAPPED_WIDTH)
+    console.print(table)
 
 
 def main(argv: list[str]) -> None:

@@ -19,7 +19,7 @@ from lit_nnopt.callbacks import EarlyStopping as LitEarlyStopping
 SUMMARY_FILE = "summary.json"
 # A run "stayed at chance" when its best validation accuracy stays below this multiple of
 # 1 / num_classes. A model that predicts one class scores 1 / num_classes on balanced data
-# (MNIST's most frequent class is 11.3% of the validation split); a model that learnt anything
+# (MNIST's most frequent digit, 1, is about 11% of its images); a model that learnt anything
 # at all, even in a handful of steps, is far above 1.5 times that (0.15 for ten classes).
 CHANCE_MARGIN = 1.5
 # What `status` in summary.json says, and what the CLI's exit status 3 means.
@@ -274,6 +274,9 @@ def stop_reason(trainer: pl.Trainer) -> str:
     return f"max_epochs ({trainer.max_epochs}) reached"
 
 
+_OPTIMIZER_SETTINGS = ("-momentum", "-weight_decay")
+
+
 def print_summary(summary: dict[str, Any], path: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -284,6 +287,8 @@ def print_summary(summary: dict[str, Any], path: Path) -> None:
     table.add_column(f"best (epoch {summary.get('best_epoch')})" if "best" in summary else "best", justify="right")
     best = summary.get("best", {})
     for name in sorted(summary.get("final", {})):
+        if name.startswith("lr-") and name.endswith(_OPTIMIZER_SETTINGS):
+            continue  # LearningRateMonitor's momentum and weight decay: settings, not results (summary.json keeps them)
         table.add_row(name, _fmt(summary["final"][name]), _fmt(best.get(name)))
     for key in ("epochs_run", "wall_seconds", "stop_reason", "status"):
         if key in summary:

@@ -13,6 +13,7 @@ import math
 import sys
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.types import LRSchedulerConfig
@@ -24,18 +25,19 @@ class ScheduleTooShortError(ValueError):
 
 
 class ScheduleLength(Callback):
-    """Warns when a scheduler's ``total_steps`` exceed the steps of the run; refuses a run that needs more.
+    """Warns when a scheduler's ``total_steps`` exceed the steps of the run; refuses a OneCycle run that needs more.
 
-    The warning is one ``lit_nnopt: warning:`` line on stderr, from rank zero.
-
-    Applies to every LR scheduler with a ``total_steps`` attribute (``torch.optim.lr_scheduler.OneCycleLR``).
+    The warning is one ``lit_nnopt: warning:`` line on stderr, from rank zero. It applies to
+    every LR scheduler with a ``total_steps`` attribute (``torch.optim.lr_scheduler.OneCycleLR``,
+    ``lit_nnopt.optim.WarmupCosineDecay``). A run longer than the schedule is refused only
+    for OneCycleLR, which torch stops with an error; WarmupCosineDecay holds its last lr.
     The run's scheduler steps are ``trainer.estimated_stepping_batches`` (optimizer steps:
     ``max_epochs``, ``max_steps``, ``limit_train_batches`` and gradient accumulation included)
     for ``interval: step``, ``max_epochs`` for ``interval: epoch``, each divided by the
     scheduler's ``frequency``.
 
     Raises:
-        ScheduleTooShortError: at the start of training, when the run would step the scheduler
+        ScheduleTooShortError: at the start of training, when the run would step a OneCycleLR
             past its ``total_steps``.
     """
 
@@ -57,7 +59,7 @@ class ScheduleLength(Callback):
         steps = int(intervals) // config.frequency
         name = type(config.scheduler).__name__
         fix = f"`--lr_scheduler.total_steps {steps}` fits the whole schedule into this run"
-        if steps > total:
+        if steps > total and isinstance(config.scheduler, torch.optim.lr_scheduler.OneCycleLR):
             raise ScheduleTooShortError(
                 f"{name} has total_steps {total}, but this fit takes {steps} {unit}: torch stops it with an error "
                 f"at step {total + 1}. Shorten the run (`--trainer.max_epochs`, `--trainer.max_steps`), or {fix}."
