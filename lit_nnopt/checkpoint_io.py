@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol, get_filesystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
 
 # Whether Lightning hands `weights_only` to its checkpoint IO (2.6.6 does, 2.5.6 does not).
 _LIGHTNING_LOADS_WEIGHTS_ONLY = "weights_only" in inspect.signature(TorchCheckpointIO.load_checkpoint).parameters
@@ -37,7 +37,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or not _is_local_file(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         target = Path(path)
@@ -112,3 +112,9 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def _is_local_file(path: Any) -> bool:
+    """Whether ``path`` is on the local file system (not ``s3://`` or another fsspec protocol)."""
+    protocol = get_filesystem(path).protocol
+    return "file" in ((protocol,) if isinstance(protocol, str) else protocol)

@@ -85,6 +85,14 @@ def test_ckpt_path_last_finds_the_newest_run_of_the_same_config(tmp_path):
 # -- atomic checkpoints and weights_only ------------------------------------------------------
 
 
+def test_a_checkpoint_on_another_file_system_is_saved_by_lightnings_own_io():
+    """A remote path (here fsspec's in-memory file system) is Lightning's to write: no local temporary file."""
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, "memory://lit_nnopt-test/last.ckpt")
+    loaded = io.load_checkpoint("memory://lit_nnopt-test/last.ckpt")
+    assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+
+
 def test_a_save_cut_short_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "last.ckpt"
     io = AtomicCheckpointIO()
