@@ -7,7 +7,7 @@ import re
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
@@ -222,10 +222,10 @@ class RaisesAtStep(Callback):
 
 def test_a_checkpoint_on_exception_holds_the_weights_of_that_moment_not_the_best(tmp_path):
     # Issue 15, finding 1: EarlyStopping restored the best weights in on_exception, and Lightning
-    # moves ModelCheckpoint last, so its save_on_exception checkpoint held the best epoch's weights.
+    # moves checkpoint callbacks last, so a checkpoint written on the exception held the best epoch's weights.
     crash = RaisesAtStep(step=14)  # in epoch 3, whose weights are not the best (epoch 1's)
     stopper = EarlyStopping("val_loss", patience=10, restore_best_weights=True)
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="on_exception", save_on_exception=True)
+    checkpoint = OnExceptionCheckpoint(dirpath=tmp_path / "ckpt", filename="on_exception")
     trainer = quiet_trainer(tmp_path, max_epochs=5, callbacks=[stopper, crash, checkpoint], enable_checkpointing=True)
     model = ScriptedMetricModel([1.0, 0.5, 0.6, 0.7, 0.8])
     with pytest.raises(RuntimeError, match="crash"):
