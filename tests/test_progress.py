@@ -5,10 +5,15 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
 
 from lit_nnopt import MLP, BatchLoader, MNISTClassifier
-from lit_nnopt.app.progress import CheapRichProgressBar
+from lit_nnopt.app import progress
+from lit_nnopt.app.progress import CheapRichProgressBar, progress_bar, rich_bar_starts
+
+NEEDS_RICH_BAR = pytest.mark.skipif(
+    not rich_bar_starts(), reason="this Lightning cannot start its Rich bar with this rich: the CLI uses tqdm's"
+)
 
 BATCHES = 10
 
@@ -60,6 +65,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@NEEDS_RICH_BAR
 def test_reads_the_metrics_every_refresh_rate_batches_and_at_the_last(tmp_path, reads):
     record = RecordBar(reads)
     _fit(tmp_path, record, refresh_rate=4)
@@ -69,6 +75,7 @@ def test_reads_the_metrics_every_refresh_rate_batches_and_at_the_last(tmp_path, 
     assert [count for _, _, count in record.seen] == [1, 1, 1, 2, 2, 2, 2, 3, 3, 4]
 
 
+@NEEDS_RICH_BAR
 def test_a_fit_resumed_mid_epoch_has_a_bar_counting_from_the_resume(tmp_path, reads):
     class SaveAtStep3(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -79,3 +86,36 @@ def test_a_fit_resumed_mid_epoch_has_a_bar_counting_from_the_resume(tmp_path, re
     record = RecordBar(reads)
     _fit(tmp_path / "resumed", record, ckpt_path=str(tmp_path / "step3.ckpt"))
     assert [(done, total) for done, total, _ in record.seen] == [(done, BATCHES) for done in range(4, BATCHES + 1)]
+
+
+class StrictRichConsole:
+    """rich 14.1 and later: clearing a live display when none is shown raises."""
+
+    def __init__(self, **kwargs) -> None:
+        pass
+
+    def clear_live(self) -> None:
+        raise IndexError("pop from empty list")
+
+
+class LenientRichConsole(StrictRichConsole):
+    """rich before 14.1: clearing a live display when none is shown does nothing."""
+
+    def clear_live(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "lightning_version, strict_rich, expected",
+    [
+        ("2.4.0", True, TQDMProgressBar),
+        ("2.4.0", False, CheapRichProgressBar),
+        ("2.5.6", True, CheapRichProgressBar),
+        ("2.6.6", True, CheapRichProgressBar),
+    ],
+)
+def test_the_bar_is_rich_wherever_lightning_can_start_it(monkeypatch, lightning_version, strict_rich, expected):
+    monkeypatch.setattr(pl, "__version__", lightning_version)
+    monkeypatch.setattr(progress, "Console", StrictRichConsole if strict_rich else LenientRichConsole)
+    bar = progress_bar(refresh_rate=7)
+    assert type(bar) is expected and bar.refresh_rate == 7

@@ -44,7 +44,7 @@ from lit_nnopt.app.console import ConciseArgumentParser, LineKeepingHelpFormatte
 from lit_nnopt.app.environment import fit_threads_to_free_cpus, skip_nvml_probe_without_gpu
 from lit_nnopt.app.plots import RunPictures
 from lit_nnopt.app.predictions import PredictionWriter
-from lit_nnopt.app.progress import CheapRichProgressBar
+from lit_nnopt.app.progress import progress_bar
 from lit_nnopt.app.reports import OK, RunSummary, did_not_learn_message
 from lit_nnopt.app.runs import (
     BestRun,
@@ -70,7 +70,7 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
     given = list(trainer_config.get("callbacks") or [])
     defaults: list[Callback] = []
     if trainer_config.get("enable_progress_bar", True) is not False and not _has(given, ProgressBar):
-        defaults.append(CheapRichProgressBar(refresh_rate=_progress_refresh_rate()))
+        defaults.append(progress_bar(refresh_rate=_progress_refresh_rate()))
     if trainer_config.get("enable_model_summary", True) is not False and not _has(given, ModelSummary):
         defaults.append(RichModelSummary(max_depth=2))
     if trainer_config.get("logger", True) not in (False, None) and not _has(given, LearningRateMonitor):

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import io
+import re
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from rich.console import Console
 from typing_extensions import override
+
+
+def progress_bar(refresh_rate: int) -> ProgressBar:
+    """lit_nnopt's Rich bar, or Lightning's tqdm bar where Lightning's Rich bar cannot start."""
+    if rich_bar_starts():
+        return CheapRichProgressBar(refresh_rate=refresh_rate)
+    return TQDMProgressBar(refresh_rate=refresh_rate)
+
+
+def rich_bar_starts() -> bool:
+    """Whether Lightning's ``RichProgressBar`` can start with the installed rich.
+
+    Lightning before 2.5 clears rich's live display when the bar starts, whether or not one is
+    shown, and rich 14.1 and later raise ``IndexError`` when there is none (Lightning 2.5 checks
+    first): that pair fails every fit at its first bar.
+    """
+    try:
+        Console(file=io.StringIO()).clear_live()
+    except IndexError:
+        major, minor = (int(part) for part in re.findall(r"\d+", pl.__version__)[:2])
+        return (major, minor) >= (2, 5)
+    return True
 
 
 class CheapRichProgressBar(RichProgressBar):
