@@ -71,8 +71,11 @@ def test_reads_the_metrics_every_refresh_rate_batches_and_at_the_last(tmp_path, 
     _fit(tmp_path, record, refresh_rate=4)
     completed = [done for done, _, _ in record.seen]
     assert completed == list(range(1, BATCHES + 1)) and {total for _, total, _ in record.seen} == {BATCHES}
-    # Read after the first batch (nothing was shown yet), then after batches 4, 8 and 10 (the last).
-    assert [count for _, _, count in record.seen] == [1, 1, 1, 2, 2, 2, 2, 3, 3, 4]
+    # Read after batches 4, 8 and 10 (the last). Lightning 2.6 redraws the metrics after every
+    # batch, so the bar also reads them after the first, when nothing is shown yet; Lightning
+    # before 2.6 redraws only at its own refresh cadence.
+    first = 1 if tuple(int(part) for part in pl.__version__.split(".")[:2]) >= (2, 6) else 0
+    assert [count - first for _, _, count in record.seen] == [0, 0, 0, 1, 1, 1, 1, 2, 2, 3]
 
 
 @NEEDS_RICH_BAR

@@ -67,10 +67,14 @@ class CheapRichProgressBar(RichProgressBar):
         if self._read_metrics_now:
             self._batches_at_metrics_read = batches_run
         try:
-            # The parent sets the bar to `batch_idx + 1`: the batches run, whatever a step holds.
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batches_run - 1)
         finally:
             self._read_metrics_now = True  # at the epoch's end and after validation, as the parent
+        # Lightning 2.6 sets the bar to `batch_idx + 1`; before, it advanced by `refresh_rate` per
+        # call. Either way the bar shows the batches run, whatever a step holds.
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            if self.progress.tasks[self.train_progress_bar_id].completed != batches_run:
+                self.progress.update(self.train_progress_bar_id, completed=batches_run)
 
     @override
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
