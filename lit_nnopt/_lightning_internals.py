@@ -17,14 +17,18 @@ name, and why:
   loop does for each batch's logged values.
 - ``LightningModule._on_before_batch_transfer``: the conversion the loop applies to each batch
   before its device transfer.
+- ``WandbLogger._wandb_init`` and ``WandbLogger._experiment``, for lit_nnopt's W&B logger
+  (:func:`drop_wandb_anonymous_setting`, :func:`forget_wandb_run`): no constructor argument or
+  method reaches them.
 - For :class:`DirectStep`: ``LightningModule._current_fx_name`` (where ``self.log`` is called
   from), ``automatic_optimization._skip_backward`` and ``optim_progress``, and the closure's
   output rules (``ClosureResult``).
 
-Their meaning was verified, by the bitwise tests of ``tests/test_steps_per_execution.py`` run in
-CI, on the Lightning minor versions in :data:`VERIFIED_LIGHTNING`. On any other version
-:func:`unverified_lightning` says so, and StepsPerExecution runs Lightning's own loop instead:
-one batch per step, the same weights, without the speed-up.
+Their meaning was verified, by the bitwise tests of ``tests/test_steps_per_execution.py`` and
+the W&B logger's tests run in CI, on the Lightning minor versions in :data:`VERIFIED_LIGHTNING`.
+On any other version :func:`unverified_lightning` says so, StepsPerExecution runs Lightning's
+own loop instead (one batch per step, the same weights, without the speed-up), and the W&B
+helpers do nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from functools import partial
+from types import ModuleType
 from typing import Any
 
 import lightning.pytorch as pl
@@ -47,7 +52,10 @@ VERIFIED_LIGHTNING = ((2, 4), (2, 5), (2, 6))
 
 def unverified_lightning(trainer: pl.Trainer) -> str | None:
     """What keeps the grouped path off with this trainer's Lightning, or None on a verified version."""
-    namespace = namespace_of(trainer)
+    return _unverified(namespace_of(trainer))
+
+
+def _unverified(namespace: ModuleType) -> str | None:
     package = namespace.__name__.split(".")[0]
     version = str(getattr(namespace, "__version__", None) or getattr(__import__(package), "__version__", "unknown"))
     match = re.match(r"(\d+)\.(\d+)", version)
@@ -309,3 +317,23 @@ def _overrides(obj: object, name: str, base: str) -> bool:
     method = getattr(obj, name)
     function = getattr(method, "__func__", method)
     return all(function is not getattr(getattr(namespace, base), name) for namespace in NAMESPACES)
+
+
+def drop_wandb_anonymous_setting(logger: Any) -> None:
+    """Leave out the ``anonymous`` setting that ``WandbLogger`` always hands to ``wandb.init``.
+
+    wandb deprecated the setting and prints a warning whenever it is passed, ``None`` included.
+    On an unverified Lightning the setting stays, and wandb prints its warning.
+    """
+    if _unverified(namespace_of(logger)) is None:
+        logger._wandb_init.pop("anonymous", None)
+
+
+def forget_wandb_run(logger: Any) -> None:
+    """Make ``WandbLogger`` start a new run at its next use, rather than return the one it finished.
+
+    On an unverified Lightning the logger keeps the finished run: a later fit with the same
+    logger object would log into it.
+    """
+    if _unverified(namespace_of(logger)) is None:
+        logger._experiment = None

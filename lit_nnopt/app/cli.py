@@ -270,7 +270,7 @@ class LitNNOptCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         fit_threads_to_free_cpus()
-        config = self.config.get(str(self.subcommand), self.config)
+        config = self._of_subcommand(self.config)
         optimizer = config.get("optimizer")
         lr = _init_arg(optimizer, "lr")
         if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
@@ -279,16 +279,20 @@ class LitNNOptCLI(LightningCLI):
             )
         _check_scheduler_patience(config)
 
+    def _of_subcommand(self, config: Any) -> Any:
+        """The part of ``config`` that belongs to the subcommand run (all of it without subcommands)."""
+        return config.get(str(self.subcommand), config)
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except ValueError as error:
-            raise config_error(error, self.config.get(str(self.subcommand), self.config)) from error
+            raise config_error(error, self._of_subcommand(self.config)) from error
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand != "fit":  # an evaluation in a run's folder keeps the config.yaml of its fit
             self.save_config_kwargs = {"config_filename": f"{self.subcommand}_config.yaml", **self.save_config_kwargs}
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        trainer_config = {**self._of_subcommand(self.config_init).get("trainer", {}), **kwargs}
         callbacks = default_callbacks(trainer_config)
         for callback in callbacks:
             if isinstance(callback, InterruptCheckpoint) and callback.resume_command is None and self._argv:
@@ -305,7 +309,7 @@ class LitNNOptCLI(LightningCLI):
         recorder = next((cb for cb in self.trainer.callbacks if isinstance(cb, RunSummary)), None)
         if recorder is not None and recorder.summary.get("status", OK) != OK:
             self.did_not_learn = True
-            lr = _init_arg(self.config.get(str(self.subcommand), self.config).get("optimizer"), "lr")
+            lr = _init_arg(self._of_subcommand(self.config).get("optimizer"), "lr")
             guarded = _has(self.trainer.callbacks, NaNGuard)
             message = did_not_learn_message(recorder.summary, lr, recorder.num_classes, suggest_nan_guard=not guarded)
             sys.stderr.write(message + "\n")
@@ -325,13 +329,13 @@ class LitNNOptCLI(LightningCLI):
 
     def _resume_ckpt_path(self) -> str:
         """``last`` where ``--ckpt_path last`` finds this run's checkpoint again, else its path."""
-        config = self.config.get(str(self.subcommand), self.config)
+        config = self._of_subcommand(self.config)
         logger = config.get("trainer", {}).get("logger")
         fixed_folder = config.get("checkpoint", {}).get("dirpath") or logger in (None, False)
         return "last" if fixed_folder or _is_auto_wandb(logger) else "{ckpt_path}"
 
     def _check_ckpt_path(self) -> None:
-        config = self.config.get(str(self.subcommand), self.config)
+        config = self._of_subcommand(self.config)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path:
             check_checkpoint(str(ckpt_path), self.model, self.subcommand == "fit", config.get("weights_only"))

@@ -24,6 +24,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
+from lit_nnopt._lightning_internals import drop_wandb_anonymous_setting, forget_wandb_run
+
 MODES = ("auto", "online", "offline", "disabled")
 WATCH_CHOICES = ("gradients", "parameters", "all")
 # What WANDB_MODE may say, and what it means here ("dryrun" and "run" are wandb's old names).
@@ -219,7 +221,7 @@ class AutoWandbLogger(WandbLogger):
     def _start(self) -> None:
         import wandb
 
-        self._wandb_init.pop("anonymous", None)  # wandb warns that the setting is deprecated, even when None
+        drop_wandb_anonymous_setting(self)
         # wandb looks for the git commit from its folder, before it creates that folder.
         self._made_run_dir = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -262,8 +264,7 @@ class AutoWandbLogger(WandbLogger):
         folder that existed before (a ``test`` of a trained run), only its own W&B files.
         """
         experiment, self._started = self.experiment, False
-        # No public way makes WandbLogger forget its finished run; without this a later start would return it.
-        self._experiment = None
+        forget_wandb_run(self)
         run_files = Path(experiment.dir).parent if self.mode != "disabled" else None
         experiment.finish(exit_code=1)
         if self._made_run_dir:
