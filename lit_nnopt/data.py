@@ -30,6 +30,31 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR)
 
 
+# The names of each dataset's classes, indexed by label.
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "mnist": tuple(str(digit) for digit in range(10)),
+    "fashion_mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+}
+
+
+def class_names_of(trainer: pl.Trainer, num_classes: int = 10) -> list[str]:
+    """The class names of the trainer's data (Fashion-MNIST's garments, MNIST's digits); else the class numbers."""
+    dataset = getattr(trainer.datamodule, "dataset", None)
+    names = CLASS_NAMES.get(dataset, ()) if isinstance(dataset, str) else ()
+    return list(names) if len(names) == num_classes else [str(label) for label in range(num_classes)]
+
+
 def _pixel_mean_and_std(images: torch.Tensor) -> tuple[float, float]:
     """The mean and standard deviation of ``images / 255``; the float copy is freed before the inputs are made."""
     pixels = images.float().div_(255)

@@ -4,10 +4,11 @@ import gzip
 import os
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
-from lit_nnopt.data import BatchLoader, MNISTDataModule
+from lit_nnopt.data import BatchLoader, MNISTDataModule, class_names_of
 from lit_nnopt.idx import DataError
 
 
@@ -238,3 +239,21 @@ def test_the_default_data_dir_may_be_created_by_a_download(tmp_path, monkeypatch
     monkeypatch.setattr(MNISTDataModule, "_download", lambda self, searched: downloads.append(self.data_dir))
     MNISTDataModule(download=True).prepare_data()
     assert downloads == [Path("data")]
+
+
+def _trainer_with(datamodule: object) -> pl.Trainer:
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.datamodule = datamodule
+    return trainer
+
+
+def test_fashion_mnist_classes_have_names_and_mnist_keeps_its_digits():
+    fashion = class_names_of(_trainer_with(MNISTDataModule(dataset="fashion_mnist")))
+    assert fashion[:3] == ["T-shirt/top", "Trouser", "Pullover"] and fashion[-1] == "Ankle boot" and len(fashion) == 10
+    assert class_names_of(_trainer_with(MNISTDataModule(dataset="mnist"))) == [str(i) for i in range(10)]
+
+
+def test_class_names_are_the_numbers_for_other_data_or_another_number_of_classes():
+    fashion = _trainer_with(MNISTDataModule(dataset="fashion_mnist"))
+    assert class_names_of(fashion, num_classes=3) == ["0", "1", "2"]
+    assert class_names_of(_trainer_with(None)) == [str(i) for i in range(10)]

@@ -14,7 +14,7 @@ _EXPORTS = {
     "AutoWandbLogger": "lit_nnopt.app.loggers",
     "LitNNOptCLI": "lit_nnopt.app.cli",
     "PredictionWriter": "lit_nnopt.app.predictions",
-    "RunPictures": "lit_nnopt.app.plots",
+    "RunPictures": "lit_nnopt.app.run_pictures",
     "RunSummary": "lit_nnopt.app.reports",
     "TrainingClock": "lit_nnopt.app.training_clock",
 }

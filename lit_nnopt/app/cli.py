@@ -42,10 +42,10 @@ from lit_nnopt.app.commands import EXTRA_COMMANDS
 from lit_nnopt.app.config_files import config_files
 from lit_nnopt.app.console import ConciseArgumentParser, LineKeepingHelpFormatter, quiet_known_noise
 from lit_nnopt.app.environment import fit_threads_to_free_cpus, skip_nvml_probe_without_gpu
-from lit_nnopt.app.plots import RunPictures
 from lit_nnopt.app.predictions import PredictionWriter
 from lit_nnopt.app.progress import progress_bar
 from lit_nnopt.app.reports import OK, RunSummary, did_not_learn_message
+from lit_nnopt.app.run_pictures import RunPictures
 from lit_nnopt.app.runs import (
     BestRun,
     best_run_checkpoint,

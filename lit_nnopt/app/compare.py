@@ -226,7 +226,7 @@ def write_markdown(runs: list[Run], path: Path, command: str) -> None:
 
 def plot(runs: list[Run], path: Path) -> None:
     """Validation accuracy and loss per epoch, one line per config, side by side, one legend."""
-    from lit_nnopt.app.plots import new_figure, save_figure, style_epoch_axes
+    from lit_nnopt.app.figures import new_figure, save_figure, style_epoch_axes
 
     figure = new_figure(13, 4.5)
     accuracy, loss = figure.subplots(1, 2)

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.nn import functional as F
 from typing_extensions import override
 
-from lit_nnopt.app.plots import class_names_of
+from lit_nnopt.data import class_names_of
 
 PREDICTIONS_FILE = "predictions.csv"
 
