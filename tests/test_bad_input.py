@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_nnopt.app.cli import ConfigError
-from lit_nnopt.app.main import DEBUG_ENV, explain, main
+from lit_nnopt.app.errors import ConfigError, explain_error
+from lit_nnopt.app.main import DEBUG_ENV, main
 from lit_nnopt.model import MNISTClassifier
 from lit_nnopt.networks import MLP
 from tests.helpers import CONFIGS, REPO, link_mnist
@@ -407,7 +407,7 @@ def test_a_gpu_asked_for_on_a_machine_without_one_names_the_fix(capfd, tmp_path)
 
 
 def test_torch_and_torchvision_of_different_builds_name_the_reinstall():
-    message = explain(RuntimeError("operator torchvision::nms does not exist"))
+    message = explain_error(RuntimeError("operator torchvision::nms does not exist"))
     assert "come from different builds" in message and "pip install --force-reinstall torch torchvision" in message
 
 

@@ -1,4 +1,4 @@
-"""What the CLI checks before it trains or writes: config files, output folders, checkpoints."""
+"""What the CLI checks before it trains or writes: config values, output folders, checkpoints."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from lit_nnopt.app.errors import ConfigError
 
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -200,3 +202,51 @@ def check_writable(folder: str | os.PathLike, option: str) -> None:
         raise OutputDirError(
             f"Cannot write the run's files to {path}: {reason}. Set `{option}` to a folder you can write to."
         )
+
+
+def check_output_dirs(config: Any) -> None:
+    """Refuse, before a run folder is named below them, the folders a run's config says to write to.
+
+    Raises:
+        OutputDirError: for the first folder that cannot be created or written.
+    """
+    trainer = config.get("trainer", {})
+    folders = [(trainer.get("default_root_dir"), "--trainer.default_root_dir")]
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        folders.append((init_arg(logger, "save_dir"), "--trainer.logger.save_dir"))
+    folders.append((config.get("checkpoint", {}).get("dirpath"), "--checkpoint.dirpath"))
+    for folder, option in folders:
+        if folder:
+            check_writable(folder, option)
+
+
+def check_optimizer_settings(config: Any) -> None:
+    """Refuse an optimizer lr that is not a positive number and a negative scheduler patience.
+
+    torch checks neither where the CLI could say which option to change: the optimizer and
+    ReduceLROnPlateau are built only when training starts.
+
+    Raises:
+        ConfigError: naming the option and the value to give.
+    """
+    lr = init_arg(config.get("optimizer"), "lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(
+            f"`optimizer.init_args.lr` must be a positive number, got {lr!r}. Set e.g. `--optimizer.lr 0.001`."
+        )
+    scheduler = config.get("lr_scheduler")
+    patience = init_arg(scheduler, "patience")
+    if isinstance(patience, (int, float)) and patience < 0:
+        raise ConfigError(
+            f"`lr_scheduler.init_args.patience` of {scheduler.get('class_path')} must be >= 0, got {patience!r}: "
+            "it counts the checks without improvement to wait for."
+        )
+
+
+def init_arg(namespace: Any, key: str) -> Any:
+    """``init_args[key]`` of a parsed ``class_path`` entry; None where there is none."""
+    if not namespace:
+        return None
+    init_args = namespace.get("init_args") if hasattr(namespace, "get") else None
+    return init_args.get(key) if init_args is not None and hasattr(init_args, "get") else None

@@ -6,16 +6,15 @@ warning about the user's own choices (their data, their config) still shows.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import logging
-import re
 import sys
 import warnings
 from typing import Any, NoReturn
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
+
+from lit_nnopt.app.errors import explain_parser_error
 
 # `rank_zero_info` logs through whichever of these Lightning imported last.
 _RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
@@ -92,88 +91,6 @@ class ConciseArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"lit_nnopt: error: {explain(message, parser)}\nSee `{prog} --help` for the options.\n")
+        reason = explain_parser_error(message, parser)
+        sys.stderr.write(f"lit_nnopt: error: {reason}\nSee `{prog} --help` for the options.\n")
         sys.exit(2)
-
-
-def explain(message: str, parser: Any = None) -> str:
-    """A jsonargparse error as its reason and the nearest valid name; other messages shortened."""
-    for rewrite in (_unknown_option, _class_path_error, _line_without_colon):
-        better = rewrite(message, parser)
-        if better:
-            return better
-    return _shorten(message)
-
-
-def _unknown_option(message: str, parser: Any) -> str | None:
-    match = re.search(r"unrecognized arguments: (--[\w.-]+)|does not accept option '([\w.-]+)'", message)
-    if match is None or parser is None:
-        return None
-    given = match.group(1) or f"--{match.group(2)}"
-    options = set(re.findall(r"(--[\w.-]+)", parser.format_help()))
-    close = difflib.get_close_matches(given, sorted(options), n=1, cutoff=0.75)
-    first = message.strip().splitlines()[0]
-    if not close:
-        return first
-    key = close[0] if match.group(1) else close[0].removeprefix("--")
-    return f"{first}. Did you mean {key}?"
-
-
-def _class_path_error(message: str, parser: Any) -> str | None:
-    match = re.search(r'Parser key "([\w.]+)":\s*\n\s*- Expected a path but (\S+) either not accessible', message)
-    if match is None:
-        return None
-    key, value = match.groups()
-    reasons = re.findall(r"Problem with given class_path '[^']+':\s*\n\s*([^\n]+)", message)
-    reason = reasons[0].strip() if reasons else "it is not an importable dotted path (module.Class)"
-    subtypes = re.findall(r"<class '([\w.]+)'>", message.split("Subtypes:", 1)[-1].split("\n", 1)[0])
-    suggestion = _nearest_class(value, subtypes)
-    hint = f" Did you mean {suggestion}?" if suggestion else ""
-    return f"`--{key} {value}`: {reason}.{hint}"
-
-
-def _nearest_class(value: str, subtypes: list[str]) -> str | None:
-    """The importable dotted path nearest to ``value``: a misspelt part replaced by its closest name."""
-    parts = value.split(".")
-    if len(parts) == 1:  # a bare name: look where the expected base classes live
-        modules = {subtype.rsplit(".", 2)[0] for subtype in subtypes if subtype.count(".") >= 2}
-        candidates = [f"{module}.{name}" for module in sorted(modules) for name in _public_names(module)]
-        close = difflib.get_close_matches(value, [c.rsplit(".", 1)[1] for c in candidates], n=1)
-        return next((c for c in candidates if close and c.endswith(f".{close[0]}")), None)
-    for index in range(1, len(parts)):
-        module = ".".join(parts[:index])
-        names = _public_names(module)
-        if parts[index] in names:
-            continue
-        close = difflib.get_close_matches(parts[index], names, n=1)
-        return ".".join([*parts[:index], close[0], *parts[index + 1 :]]) if close else None
-    return None
-
-
-def _public_names(module: str) -> list[str]:
-    try:
-        imported = importlib.import_module(module)
-    except Exception:  # ImportError, or anything a module raises on import: nothing to suggest from there
-        return []
-    return [name for name in dir(imported) if not name.startswith("_")]
-
-
-def _line_without_colon(message: str, parser: Any) -> str | None:
-    match = re.search(r'Parser key "([\w.]+)":\s*\n\s*Unable to load config [\'"](.+?)[\'"]\s*$', message, re.M)
-    if match is None:
-        return None
-    key, text = match.groups()
-    first, _, rest = text.partition(" ")
-    fix = f" (`{first}: {rest}`)" if rest and re.fullmatch(r"[\w.-]+", first) else ""
-    return (
-        f"`{key}` in the config is the text {text!r}, not a section of keys: a YAML line needs a colon and a "
-        f"space after its key{fix}."
-    )
-
-
-def _shorten(message: str, max_lines: int = 6) -> str:
-    """The first lines of a parser message: for a union type jsonargparse lists every failed branch."""
-    lines = [line for line in message.strip().splitlines() if line.strip()]
-    if len(lines) <= max_lines:
-        return "\n".join(lines)
-    return "\n".join(lines[:max_lines] + [f"  ... ({len(lines) - max_lines} more lines)"])

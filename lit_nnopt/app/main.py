@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     from lit_nnopt.app.config_files import ConfigFileError, check_config_file, config_files
+    from lit_nnopt.app.errors import explain_error
 
     try:
         for path in config_files(command_line):
@@ -75,53 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if os.environ.get(DEBUG_ENV):
             raise
-        sys.stderr.write(f"lit_nnopt: error: {explain(error)}\n(Set {DEBUG_ENV}=1 to see the traceback.)\n")
+        sys.stderr.write(f"lit_nnopt: error: {explain_error(error)}\n(Set {DEBUG_ENV}=1 to see the traceback.)\n")
         sys.exit(1)
-
-
-def explain(error: Exception) -> str:
-    """An error as one paragraph that names the fix, where the host libraries' own message names none."""
-    text = str(error)
-    if "torchvision::nms does not exist" in text:
-        return _build_mismatch()
-    if "No supported gpu backend found" in text or ("CUDAAccelerator" in text and "not available" in text):
-        return _no_gpu()
-    return text
-
-
-def _build_mismatch() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        installed = f"torch {version('torch')} and torchvision {version('torchvision')}"
-    except PackageNotFoundError:
-        installed = "torch and torchvision"
-    return (
-        f"{installed} come from different builds (torchvision's compiled operators, such as "
-        "torchvision::nms, do not load into this torch). Reinstall the two together from one index, e.g. "
-        "`pip install --force-reinstall torch torchvision --index-url https://download.pytorch.org/whl/cpu` "
-        "(or the CUDA index your machine needs), so that pip picks the torchvision built for that torch."
-    )
-
-
-def _no_gpu() -> str:
-    import torch
-
-    why = (
-        f"this torch ({torch.__version__}) is a CPU-only build"
-        if torch.version.cuda is None
-        else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device; check `nvidia-smi` and "
-        "CUDA_VISIBLE_DEVICES"
-    )
-    cuda_build = (
-        "; on a machine with an NVIDIA GPU, install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
-        if torch.version.cuda is None
-        else ""
-    )
-    return (
-        f"`--trainer.accelerator gpu` asks for a GPU and there is none to use: {why}. Train on the CPU with "
-        f"`--trainer.accelerator cpu`, or `auto`, which takes a GPU where there is one{cuda_build}."
-    )
 
 
 def _run_lightning_cli(argv: list[str] | None) -> None:

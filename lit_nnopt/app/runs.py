@@ -216,3 +216,10 @@ def resume_command(argv: list[str], ckpt_path: str = "last") -> str:
         elif not arg.startswith("--ckpt_path="):
             kept.append(arg)
     return shlex.join(["python", "-m", "lit_nnopt", *kept, "--ckpt_path"]) + f" {ckpt_path}"
+
+
+def test_command(argv: list[str], ckpt_path: str) -> str:
+    """The ``fit`` command line ``argv`` turned into the ``test`` of ``ckpt_path``."""
+    subcommand = next((i for i, arg in enumerate(argv) if arg == "fit"), None)
+    as_test = [*argv[:subcommand], "test", *argv[subcommand + 1 :]] if subcommand is not None else argv
+    return resume_command(as_test, shlex.quote(ckpt_path))
