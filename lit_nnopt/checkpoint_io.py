@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from typing_extensions import override
 
 # Whether Lightning hands `weights_only` to its checkpoint IO (2.6.6 does, 2.5.6 does not).
 _LIGHTNING_LOADS_WEIGHTS_ONLY = "weights_only" in inspect.signature(TorchCheckpointIO.load_checkpoint).parameters
@@ -36,6 +37,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         trainer = Trainer(plugins=[AtomicCheckpointIO()])
     """
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local_file(path):
             super().save_checkpoint(checkpoint, path, storage_options)
@@ -58,6 +60,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointSaveError(_save_failure_message(target, reason)) from error
         _fsync_folder(target.parent)
 
+    @override
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         weights_only = True if weights_only is None else weights_only
         if _LIGHTNING_LOADS_WEIGHTS_ONLY:

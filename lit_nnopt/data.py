@@ -18,6 +18,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
 from lit_nnopt.idx import DATASETS, DataError, IDXFile, VerificationCache, load_verified
 
@@ -248,6 +249,7 @@ class MNISTDataModule(pl.LightningDataModule):
     def missing_files(self) -> list[str]:
         return [file.name for file in self._files if self.locate(file) is None]
 
+    @override
     def prepare_data(self) -> None:
         missing = self.missing_files()
         if not missing:
@@ -320,6 +322,7 @@ class MNISTDataModule(pl.LightningDataModule):
         order = torch.randperm(count, generator=torch.Generator().manual_seed(self.seed))
         return order[:val_count].sort().values, order[val_count:].sort().values
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if not self._splits:
             self._read_splits()
@@ -357,14 +360,18 @@ class MNISTDataModule(pl.LightningDataModule):
             self._loaders[split] = loader
         return loader
 
+    @override
     def train_dataloader(self) -> BatchLoader:
         return self._loader("train")
 
+    @override
     def val_dataloader(self) -> BatchLoader:
         return self._loader("val")
 
+    @override
     def test_dataloader(self) -> BatchLoader:
         return self._loader("test")
 
+    @override
     def predict_dataloader(self) -> BatchLoader:
         return self._loader("test")

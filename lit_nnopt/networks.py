@@ -6,6 +6,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "elu": nn.ELU}
 
@@ -83,6 +84,7 @@ class MLP(nn.Module):
         if init == "keras":
             glorot_uniform_(self)
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
@@ -141,5 +143,6 @@ class CNN(nn.Module):
             nn.Linear(hidden, num_classes),
         )
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

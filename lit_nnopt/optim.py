@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from typing_extensions import override
 
 
 class ExponentialDecay(LRScheduler):
@@ -69,6 +70,7 @@ class ExponentialDecay(LRScheduler):
         exponent = step / self.decay_steps
         return self.decay_rate ** (math.floor(exponent) if self.staircase else exponent)
 
+    @override
     def get_lr(self) -> list[float]:
         # Closed form from the step count, as Keras computes it: no drift from repeated multiplication.
         return [base_lr * self._factor(self.last_epoch) for base_lr in self.base_lrs]
@@ -136,6 +138,7 @@ class WarmupCosineDecay(LRScheduler):
         progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
         return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    @override
     def get_lr(self) -> list[float]:
         return [self._lr_at(base_lr, self.last_epoch) for base_lr in self.base_lrs]
 
@@ -197,6 +200,7 @@ class KerasSGD(Optimizer):
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
         super().__init__(params, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay})
 
+    @override
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None

@@ -1,4 +1,7 @@
-"""Conventions every callback keeps (issue 15, finding 8 and the goals): @override, one logger, rank 0 only."""
+"""Conventions every callback keeps (issue 15, finding 8 and the goals): one logger, rank 0 only.
+
+``@override`` on every overriding method is checked package-wide, in ``tests/test_overrides.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +10,13 @@ import re
 from pathlib import Path
 from unittest import mock
 
-import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 import lit_nnopt.callbacks as callbacks
 from lit_nnopt.callbacks import EarlyStopping, ReduceLROnPlateau
 from tests.helpers.callbacks import ScriptedTrainer, capture_logs
-
-OURS = [
-    getattr(callbacks, name)
-    for name in callbacks.__all__
-    if getattr(callbacks, name).__module__.startswith("lit_nnopt")
-]
-LIGHTNING_BASES = (Callback,)
-
-
-def _functions(value):
-    if isinstance(value, property):
-        return [value.fget]
-    if isinstance(value, (staticmethod, classmethod)):
-        return [value.__func__]
-    return [value] if callable(value) else []
-
-
-@pytest.mark.parametrize("cls", OURS, ids=lambda cls: cls.__name__)
-def test_every_lightning_hook_and_helper_we_override_says_override(cls):
-    missing = []
-    for klass in cls.__mro__:
-        if not klass.__module__.startswith("lit_nnopt") or not issubclass(klass, Callback):
-            continue
-        for name, value in vars(klass).items():
-            inherited = any(hasattr(base, name) for base in LIGHTNING_BASES) and name not in ("__init__", "__doc__")
-            if inherited and not name.startswith("__"):
-                missing += [
-                    f"{klass.__name__}.{name}" for fn in _functions(value) if not getattr(fn, "__override__", 0)
-                ]
-    assert not missing
 
 
 def test_the_callbacks_write_nothing_but_through_their_module_logger():

@@ -125,6 +125,7 @@ class LitNNOptCLI(LightningCLI):
         )
         return parser
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_optimizer_args(link_to="model.optimizer")
         parser.add_lr_scheduler_args(link_to="model.lr_scheduler")
@@ -141,6 +142,7 @@ class LitNNOptCLI(LightningCLI):
             }
         )
 
+    @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
@@ -177,6 +179,7 @@ class LitNNOptCLI(LightningCLI):
         """The subcommand's parsed ``config`` as the plain dict a run's ``config.yaml`` holds."""
         return yaml.safe_load(self._parser(str(self.config.get("subcommand"))).dump(config, skip_none=False))
 
+    @override
     def before_instantiate_classes(self) -> None:
         fit_threads_to_free_cpus()
         check_optimizer_settings(self._of_subcommand(self.config))
@@ -185,12 +188,14 @@ class LitNNOptCLI(LightningCLI):
         """The part of ``config`` that belongs to the subcommand run (all of it without subcommands)."""
         return config.get(str(self.subcommand), config)
 
+    @override
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except ValueError as error:
             raise config_error(error, self._of_subcommand(self.config)) from error
 
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.subcommand != "fit":  # an evaluation in a run's folder keeps the config.yaml of its fit
             self.save_config_kwargs = {"config_filename": f"{self.subcommand}_config.yaml", **self.save_config_kwargs}

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
+from typing_extensions import override
 
 from lit_nnopt.app.errors import explain_parser_error
 
@@ -46,6 +47,7 @@ class _DropLines(logging.Filter):
         super().__init__()
         self.starts = starts
 
+    @override
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not any(start in message[:200] for start in self.starts)
@@ -67,6 +69,7 @@ def quiet_known_noise() -> None:
 class LineKeepingHelpFormatter(DefaultHelpFormatter):
     """jsonargparse's help, with the description and epilog printed line for line, not refilled."""
 
+    @override
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "".join(indent + line for line in text.splitlines(keepends=True))
 
@@ -86,6 +89,7 @@ class ConciseArgumentParser(LightningArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    @override
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             super().error(message, ex)

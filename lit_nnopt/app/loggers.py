@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
+from typing_extensions import override
 
 from lit_nnopt._lightning_internals import drop_wandb_anonymous_setting, forget_wandb_run
 
@@ -202,16 +203,19 @@ class AutoWandbLogger(WandbLogger):
         )
 
     @property
+    @override
     def name(self) -> str:
         """Empty: the run folder is ``save_dir`` itself, with no project subfolder below it."""
         return ""
 
     @property
+    @override
     def version(self) -> str:
         """Empty: the run folder is ``save_dir`` itself, with no version subfolder below it."""
         return ""
 
     @property
+    @override
     @rank_zero_experiment
     def experiment(self) -> Any:
         if not self._started:
@@ -243,11 +247,13 @@ class AutoWandbLogger(WandbLogger):
         for stale in (self.run_dir / "wandb").glob(f"run-*-{self.run_id}"):
             shutil.rmtree(stale, ignore_errors=True)
 
+    @override
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         super().log_metrics(metrics, step)
         self._logged_anything = True
 
+    @override
     @rank_zero_only
     def finalize(self, status: str) -> None:
         if status != "success" and not self._logged_anything and self._started:
@@ -278,10 +284,12 @@ class AutoWandbLogger(WandbLogger):
         found = list((self.run_dir / "wandb").glob(pattern))
         return str(found[0] if len(found) == 1 else self.run_dir / "wandb" / pattern)
 
+    @override
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         if self.mode == "online":  # an offline run would copy every checkpoint into wandb's staging area
             super().after_save_checkpoint(checkpoint_callback)
 
+    @override
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
         super().log_hyperparams(params)
@@ -300,6 +308,7 @@ class AutoWandbLogger(WandbLogger):
         # wandb uploads everything in run.dir; "config.yaml" there is wandb's own file.
         shutil.copyfile(path, Path(self.experiment.dir) / CONFIG_COPY)
 
+    @override
     @rank_zero_only
     def log_graph(self, model: nn.Module, input_array: Any = None) -> None:
         if self.watch_log and not self._watched and self.mode != "disabled":

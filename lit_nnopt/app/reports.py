@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+from typing_extensions import override
 
 from lit_nnopt.callbacks import EarlyStopping as LitEarlyStopping
 
@@ -166,6 +167,7 @@ class RunSummary(pl.Callback):
         self._fit_started = 0.0
         self.summary: dict[str, Any] = {}
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_started = time.perf_counter()
 
@@ -174,6 +176,7 @@ class RunSummary(pl.Callback):
         running = time.perf_counter() - self._fit_started if self._fit_started else 0.0
         return self._seconds_before + running
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -184,10 +187,12 @@ class RunSummary(pl.Callback):
             row["non_finite"] = non_finite
         self.history.append(row)
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.fit_seconds = self._elapsed()
         self._write(trainer, "fit", Path(trainer.log_dir or trainer.default_root_dir))
 
+    @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer, "test", Path(trainer.log_dir or trainer.default_root_dir))
 
@@ -195,10 +200,12 @@ class RunSummary(pl.Callback):
         """Adds ``name: value`` to the summary this callback writes next: how other callbacks report figures."""
         self.summary[name] = value
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         # Read while a checkpoint is saved: the seconds trained up to that moment.
         return {"history": self.history, "elapsed_seconds": self._elapsed()}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
         # Checkpoints written before the seconds were saved: the last epoch's figure is the best estimate.
