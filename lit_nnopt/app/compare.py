@@ -1,7 +1,9 @@
-"""``python -m lit_nnopt compare``: train several configs one after another, then tabulate and plot them.
+"""``python -m lit_nnopt compare``: train several configs, with one seed or several, then tabulate and plot them.
 
 Each config is trained with ``fit`` in its own process (so one crash cannot take the others
-with it), then its best checkpoint is evaluated with ``test``. The results come from each
+with it), then its best checkpoint is evaluated with ``test``. ``--seeds``, ``--workers`` and
+resuming are :mod:`lit_nnopt.app.compare_runs`' job; the statistics over seeds,
+:mod:`lit_nnopt.app.compare_seeds`'. The results come from each
 run's ``summary.json`` (see ``lit_nnopt.app.reports.RunSummary``) and go to ``DIR/comparison.md``,
 ``DIR/comparison.json`` and ``DIR/comparison.png``; the table is also printed.
 """
@@ -10,18 +12,34 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import signal
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_nnopt.app.compare_runs import (
+    CHILDREN,
+    MANIFEST,
+    CompareUsageError,
+    Job,
+    Manifest,
+    Terminated,
+    baseline_index,
+    make_jobs,
+    resume_args,
+    run_jobs,
+    split_run_options,
+    worker_environment,
+)
 from lit_nnopt.app.machine import machine_line
 from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT, OK, SUMMARY_FILE
 
 DEFAULT_OUT = "runs/comparison"
-USAGE = f"""usage: python -m lit_nnopt compare CONFIG [CONFIG ...] [--out DIR] [OVERRIDES ...]
+USAGE = f"""usage: python -m lit_nnopt compare CONFIG [CONFIG ...] [--out DIR] [--seeds N] [--workers K]
+                                  [--baseline CONFIG] [OVERRIDES ...]
 
 Trains each CONFIG with `fit`, tests its best checkpoint with `test`, and writes
 DIR/comparison.md, DIR/comparison.json and DIR/comparison.png (validation accuracy and
@@ -31,6 +49,14 @@ DIR/<config name>/fit/.
 
 The configs come first. OVERRIDES are `fit` options applied to every run, for example
 `--data.data_dir /data --trainer.max_epochs 5`.
+
+--seeds N trains every config with seeds 0 to N-1 (each in DIR/<config name>/seed-<s>/) and
+adds each config's mean, standard deviation and 95% confidence interval of test and best
+validation accuracy; --baseline CONFIG (one of the configs, by path or name) adds each
+other config's difference from it, with its 95% interval and Welch's t-test p-value.
+--workers K runs K trainings at once, each with CPUs // K torch threads. DIR/{MANIFEST}
+records the finished runs: run the same command again after an interruption and only
+what is missing is trained (a run cut off mid-way resumes from its last.ckpt).
 
 Example: python -m lit_nnopt compare configs/sgd.yaml configs/momentum.yaml configs/adam.yaml --trainer.max_epochs 5
 """
@@ -102,11 +128,11 @@ def run_names(configs: list[Path]) -> list[str]:
     return names
 
 
-def _lit_nnopt(args: list[str], log: Path) -> tuple[int, str]:
+def _lit_nnopt(args: list[str], log: Path, env: Mapping[str, str] | None = None) -> tuple[int, str]:
     """Run ``python -m lit_nnopt ARGS`` with its output in ``log``; (exit code, last error line)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as stream:
-        code = subprocess.call([sys.executable, "-m", "lit_nnopt", *args], stdout=stream, stderr=subprocess.STDOUT)
+        code = CHILDREN.call([sys.executable, "-m", "lit_nnopt", *args], stdout=stream, env=env)
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     # lit_nnopt and jsonargparse print "...error: why" then a hint; a traceback ends with its error.
     errors = [line for line in lines if line.startswith(("lit_nnopt: error:", "error:"))]
@@ -120,16 +146,25 @@ def _newest_summary(folder: Path, since: float) -> dict[str, Any] | None:
     return json.loads(max(found, key=lambda path: path.stat().st_mtime).read_text())
 
 
-def run_config(name: str, config: Path, overrides: list[str], folder: Path) -> Run:
+def run_config(
+    name: str,
+    config: Path,
+    overrides: list[str],
+    folder: Path,
+    fit_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Run:
     """Fit ``config`` and test its best checkpoint, both in one run folder under ``folder / "fit"``.
 
     Failures go into ``Run.error``; a run that did not learn (``status`` in its summary) is not tested.
+    ``fit_args`` (a seed, ``--ckpt_path last``) go to ``fit`` only; ``env`` is both processes' environment.
     """
     run = Run(config=name, path=str(config))
     started = time.time()
     # The CLI links the logger's save_dir to default_root_dir: the run's folder, summary.json included, lands there.
     placement = ["--trainer.default_root_dir", str(folder / "fit")]
-    code, message = _lit_nnopt(["fit", "--config", str(config), *overrides, *placement], folder / "fit.log")
+    fit = ["fit", "--config", str(config), *overrides, *fit_args, *placement]
+    code, message = _lit_nnopt(fit, folder / "fit.log", env)
     summary = _newest_summary(folder / "fit", started)
     if summary is None:
         run.error = f"fit failed (exit {code}): {message} [log: {folder / 'fit.log'}]"
@@ -157,6 +192,7 @@ def run_config(name: str, config: Path, overrides: list[str], folder: Path) -> R
             "false",
         ],
         folder / "test.log",
+        env,
     )
     # The test joins the checkpoint's run folder: its summary.json gains test_acc.
     tested = _newest_summary(folder / "fit", started)
@@ -278,27 +314,95 @@ def main(argv: list[str]) -> None:
 
     Raises:
         ValueError: if no config is given, a config file is missing or ``--out`` has no value.
+        SystemExit: 2 for a bad ``--seeds``, ``--workers`` or ``--baseline`` (nothing written), 143 after SIGTERM.
     """
     from rich.console import Console
 
-    configs, out, overrides = parse_args(list(argv))
+    try:
+        options, rest = split_run_options(argv)
+        configs, out, overrides = parse_args(rest)
+        names = run_names(configs)
+        baseline = names[baseline_index(options.baseline, configs, names, options.seeds)] if options.baseline else None
+    except CompareUsageError as error:
+        sys.stderr.write(f"lit_nnopt: error: {error}\n")
+        raise SystemExit(2) from None
     command = " ".join(["python -m lit_nnopt compare", *argv])
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, highlight=False)
-    runs: list[Run] = []
-    for index, (name, config) in enumerate(zip(run_names(configs), configs, strict=True), start=1):
-        prefix = f"[{index}/{len(configs)}] {name}:"
-        console.print(f"{prefix} training {config} (log: {out / name / 'fit.log'})", markup=False)
+    jobs = make_jobs(configs, names, options.seeds)
+    manifest = Manifest(out / MANIFEST)
+    results = {job: Run(**run) for job in jobs if (run := manifest.finished(job.key(overrides))) is not None}
+    left = [job for job in jobs if job not in results]
+    if results:
+        console.print(f"{len(results)} of {len(jobs)} runs already done ({manifest.path}); training {len(left)}.")
+    fit_args = {job: [*job.seed_args(), *resume_args(job, out, manifest, overrides)] for job in left}
+    environment = worker_environment(options.workers)
+
+    def train(job: Job) -> tuple[Run, float]:
+        prefix = f"[{jobs.index(job) + 1}/{len(jobs)}] {job.label()}:"
+        resumed = " from its last.ckpt" if "--ckpt_path" in fit_args[job] else ""
+        console.print(
+            f"{prefix} training {job.config}{resumed} (log: {job.folder(out) / 'fit.log'})",
+            markup=False,
+            soft_wrap=True,
+        )
         started = time.perf_counter()
-        run = run_config(name, config, overrides, out / name)
-        runs.append(run)
+        run = run_config(job.name, job.config, overrides, job.folder(out), fit_args[job], environment)
+        return run, time.perf_counter() - started
+
+    def finished(job: Job, outcome: tuple[Run, float]) -> None:
+        run, seconds = outcome
+        results[job] = run
+        summaries = list((job.folder(out) / "fit").rglob(SUMMARY_FILE))
+        newest = max(summaries, key=lambda path: path.stat().st_mtime, default=None)
+        manifest.record(job.key(overrides), asdict(run), newest)
         failed = run.error or run.status not in (None, OK)
-        outcome = run.error or (_cell(run, "stop_reason") if failed else f"test_acc {_cell(run, 'test_acc')}")
-        seconds = time.perf_counter() - started
-        console.print(f"{prefix} {outcome} ({seconds:.0f} s)", markup=False, style="red" if failed else None)
-        _write(runs, out, command)  # after every run, so an interrupted comparison keeps what it has
-    print_table(runs)
-    console.print(f"Wrote {out / 'comparison.md'}, {out / 'comparison.json'} and {out / 'comparison.png'}.")
+        outcome_text = run.error or (_cell(run, "stop_reason") if failed else f"test_acc {_cell(run, 'test_acc')}")
+        prefix = f"[{jobs.index(job) + 1}/{len(jobs)}] {job.label()}:"
+        console.print(f"{prefix} {outcome_text} ({seconds:.0f} s)", markup=False, style="red" if failed else None)
+        _write_results(jobs, results, baseline, out, command)  # after every run: an interrupted comparison keeps it
+
+    try:
+        run_jobs(left, options.workers, train, finished)
+    except KeyboardInterrupt as stop:
+        console.print(f"Stopped; {len(results)} of {len(jobs)} runs are done. Run the same command again to go on.")
+        if isinstance(stop, Terminated):
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
+    _write_results(jobs, results, baseline, out, command)  # also where every run was done before
+    if options.seeds == 1:
+        print_table([results[job] for job in jobs])
+    else:
+        console.print("\n".join(_statistics_lines(jobs, results, baseline)), markup=False, soft_wrap=True)
+    console.print(f"Trained {len(left)} of {len(jobs)} runs.")
+    extra = f", {out / 'statistics.json'}" if options.seeds > 1 else ""
+    written = f"{out / 'comparison.md'}, {out / 'comparison.json'}{extra} and {out / 'comparison.png'}"
+    console.print(f"Wrote {written}.", soft_wrap=True)
+
+
+def _write_results(jobs: list[Job], results: dict[Job, Run], baseline: str | None, out: Path, command: str) -> None:
+    """The files of the runs finished so far, in the order of the jobs."""
+    if all(job.seed is None for job in jobs):
+        _write([results[job] for job in jobs if job in results], out, command)
+        return
+    from lit_nnopt.app.compare_seeds import write_seed_files
+
+    write_seed_files(_groups(jobs, results), baseline, out, command)
+
+
+def _groups(jobs: list[Job], results: dict[Job, Run]) -> dict[str, list[tuple[int, Run]]]:
+    groups: dict[str, list[tuple[int, Run]]] = {}
+    for job in jobs:
+        if job in results:
+            groups.setdefault(job.name, []).append((job.seed, results[job]))
+    return groups
+
+
+def _statistics_lines(jobs: list[Job], results: dict[Job, Run], baseline: str | None) -> list[str]:
+    from lit_nnopt.app.compare_seeds import config_statistics, statistics_table
+
+    by_config = {name: [run for _, run in runs] for name, runs in _groups(jobs, results).items()}
+    return statistics_table(config_statistics(by_config, baseline), baseline)
 
 
 def _write(runs: list[Run], out: Path, command: str) -> None:
