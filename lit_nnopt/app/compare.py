@@ -26,6 +26,7 @@ from lit_nnopt.app.compare_runs import (
     CompareUsageError,
     Job,
     Manifest,
+    RunOptions,
     Terminated,
     baseline_index,
     make_jobs,
@@ -318,14 +319,8 @@ def main(argv: list[str]) -> None:
     """
     from rich.console import Console
 
-    try:
-        options, rest = split_run_options(argv)
-        configs, out, overrides = parse_args(rest)
-        names = run_names(configs)
-        baseline = names[baseline_index(options.baseline, configs, names, options.seeds)] if options.baseline else None
-    except CompareUsageError as error:
-        sys.stderr.write(f"lit_nnopt: error: {error}\n")
-        raise SystemExit(2) from None
+    options, configs, out, overrides, baseline = _parse_or_exit(argv)
+    names = run_names(configs)
     command = " ".join(["python -m lit_nnopt compare", *argv])
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, highlight=False)
@@ -374,10 +369,25 @@ def main(argv: list[str]) -> None:
         print_table([results[job] for job in jobs])
     else:
         console.print("\n".join(_statistics_lines(jobs, results, baseline)), markup=False, soft_wrap=True)
-    console.print(f"Trained {len(left)} of {len(jobs)} runs.")
+    failures = sum(1 for job in jobs if results[job].error)
+    retry = f" {failures} failed: run the same command again to retry them." if failures else ""
+    console.print(f"Trained {len(left)} of {len(jobs)} runs.{retry}")
     extra = f", {out / 'statistics.json'}" if options.seeds > 1 else ""
     written = f"{out / 'comparison.md'}, {out / 'comparison.json'}{extra} and {out / 'comparison.png'}"
     console.print(f"Wrote {written}.", soft_wrap=True)
+
+
+def _parse_or_exit(argv: list[str]) -> tuple[RunOptions, list[Path], Path, list[str], str | None]:
+    """(run options, configs, output folder, overrides, baseline name); a bad run option exits with status 2."""
+    try:
+        options, rest = split_run_options(argv)
+        configs, out, overrides = parse_args(rest)
+        names = run_names(configs)
+        baseline = names[baseline_index(options.baseline, configs, names, options.seeds)] if options.baseline else None
+    except CompareUsageError as error:
+        sys.stderr.write(f"lit_nnopt: error: {error}\n")
+        raise SystemExit(2) from None
+    return options, configs, out, overrides, baseline
 
 
 def _write_results(jobs: list[Job], results: dict[Job, Run], baseline: str | None, out: Path, command: str) -> None:

@@ -239,7 +239,10 @@ class ChildProcesses:
         with self._lock:
             if self._stopping:
                 raise Stopped
-            process = subprocess.Popen(list(args), stdout=stdout, stderr=subprocess.STDOUT, env=env)
+            # A session of its own: Ctrl-C reaches this process only, which then stops each child once, by SIGTERM.
+            process = subprocess.Popen(
+                list(args), stdout=stdout, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
             self._running.add(process)
         try:
             return process.wait()

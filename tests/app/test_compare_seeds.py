@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -397,3 +399,50 @@ def _by_config(runs: list[dict]) -> dict[str, list[Run]]:
         fields = {key: value for key, value in run.items() if key != "seed"}
         groups.setdefault(run["config"], []).append(Run(**fields))
     return groups
+
+
+@pytest.mark.slow  # three command-line runs, one of them cut off, then two again
+def test_a_comparison_stopped_by_sigterm_resumes_the_cut_off_run_from_its_last_checkpoint(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = [
+        "compare",
+        str(CONFIGS / "adam.yaml"),
+        "--seeds",
+        "3",
+        "--out",
+        str(out),
+        "--data.data_dir",
+        str(mnist_dir),
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.limit_test_batches",
+        "2",
+        "--trainer.logger.mode",
+        "disabled",
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    comparison = subprocess.Popen(
+        [sys.executable, "-m", "lit_nnopt", *args], stderr=subprocess.PIPE, text=True, env=environment
+    )
+    deadline = time.monotonic() + 300
+    # Stopped once seed 1 has saved the checkpoint of its first epoch (of three): cut off mid-way.
+    while not any((out / "adam" / "seed-1" / "fit").rglob("last.ckpt")):
+        assert comparison.poll() is None and time.monotonic() < deadline, "seed 1 never saved a checkpoint"
+        time.sleep(0.05)
+    comparison.send_signal(signal.SIGTERM)
+    _, stderr = comparison.communicate(timeout=180)
+    assert comparison.returncode == 143, stderr[-3000:]
+    assert "Stopped; 1 of 3 runs are done. Run the same command again to go on." in stderr
+    again = run_cli(*args, env={"OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 of 3 runs already done" in again.stderr and "Trained 2 of 3 runs." in again.stderr
+    assert "[2/3] adam seed 1: training " in again.stderr and " from its last.ckpt " in again.stderr
+    assert "[3/3] adam seed 2: training " in again.stderr and again.stderr.count(" from its last.ckpt ") == 1
+    for seed in range(3):
+        (summary,) = (out / "adam" / f"seed-{seed}" / "fit").rglob("summary.json")  # one run folder each
+        content = json.loads(summary.read_text())
+        assert [row["epoch"] for row in content["history"]] == [0, 1, 2] and content["final"]["test_acc"] is not None
