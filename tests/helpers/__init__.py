@@ -1,7 +1,8 @@
 """Plain helpers for the tests (fixtures live in ``tests/conftest.py``).
 
 Paths of the repository, the real MNIST and the configs; running the CLI in a subprocess as a
-user would, or its parser in this process; reading a PNG's size.
+user would (any command, or a ``fit`` on the real MNIST), or its parser in this process;
+reading a PNG's size.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -42,6 +44,24 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
         timeout=timeout,
         env=full_env,
         check=False,
+    )
+
+
+def cli_fit(config: str | Path, mnist_dir: Path, root: Path, *extra: str, **run: Any):
+    """``python -m lit_nnopt fit`` of ``config`` on the real MNIST, its runs under ``root``: :func:`run_cli`'s result.
+
+    Args:
+        config: a file of ``configs/`` by name (``"adam.yaml"``), or a path.
+        mnist_dir: the data folder (``--data.data_dir``).
+        root: ``--trainer.default_root_dir``.
+        extra: further command-line arguments, after those above.
+        run: :func:`run_cli`'s keyword arguments (``cwd``, ``timeout``, ``env``).
+    """
+    path = CONFIGS / config if isinstance(config, str) else config
+    return run_cli(
+        *("fit", "--config", str(path), "--data.data_dir", str(mnist_dir), "--trainer.default_root_dir", str(root)),
+        *extra,
+        **run,
     )
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import cli_fit
 
 # The command line in a subprocess.
 pytestmark = pytest.mark.slow
@@ -30,11 +30,10 @@ trainer:
 def test_callbacks_from_yaml_and_the_command_line(mnist_dir, tmp_path):
     config = tmp_path / "callbacks.yaml"
     config.write_text(CONFIG)
-    result = run_cli(
-        "fit",
-        "--config", str(config),
-        "--data.data_dir", str(mnist_dir),
-        "--trainer.default_root_dir", str(tmp_path),
+    result = cli_fit(
+        config,
+        mnist_dir,
+        tmp_path,
         "--trainer.logger", "false",  # the run folder is then default_root_dir/fit-<date>-<time>
         "--trainer.max_epochs", "2",
         "--trainer.limit_train_batches", "5",

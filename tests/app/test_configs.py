@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import ALL_CONFIGS, CONFIGS, run_cli
+from tests.helpers import ALL_CONFIGS, CONFIGS, cli_fit, run_cli
 
 # One thread: on a small shared CPU, torch's thread pool spends more time waiting than computing.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -33,16 +33,12 @@ def _on_this_machine(config: Path) -> list[str]:
 @pytest.mark.slow  # the command line in a subprocess, once per config
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda path: path.stem)
 def test_config_runs_one_batch(config: Path, mnist_dir: Path, tmp_path: Path) -> None:
-    result = run_cli(
-        "fit",
-        "--config",
-        str(config),
-        "--data.data_dir",
-        str(mnist_dir),
+    result = cli_fit(
+        config,
+        mnist_dir,
+        tmp_path,
         "--trainer.fast_dev_run",
         "true",
-        "--trainer.default_root_dir",
-        str(tmp_path),
         "--trainer.logger",
         "false",
         "--trainer.enable_progress_bar",

@@ -8,8 +8,8 @@ import shlex
 
 import pytest
 
+from tests.app.test_docs import readme_cli_commands
 from tests.helpers import REPO, run_cli
-from tests.test_docs import readme_cli_commands
 
 # A short run instead of 20 epochs: the commands are the README's, only cut short.
 SHORT = {

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CONFIGS, run_cli
+from tests.helpers import cli_fit
 
 # Two DDP processes on the CPU.
 pytestmark = pytest.mark.slow
@@ -14,14 +14,10 @@ DDP_CPU = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.
 
 
 def _fit(mnist_dir: Path, root: Path, *extra: str):
-    result = run_cli(
-        "fit",
-        "--config",
-        str(CONFIGS / "adam.yaml"),
-        "--data.data_dir",
-        str(mnist_dir),
-        "--trainer.default_root_dir",
-        str(root / "runs"),
+    result = cli_fit(
+        "adam.yaml",
+        mnist_dir,
+        root / "runs",
         "--trainer.logger",
         "false",
         "--trainer.callbacks+=tests.helpers.cli_callbacks.DumpRankState",
@@ -56,7 +52,7 @@ def test_validation_metrics_are_global_and_equal_on_every_rank(ddp_epoch):
 def test_one_ddp_epoch_lands_in_the_single_process_band(ddp_epoch):
     # Two ranks of batch 64 take 375 steps of a global batch of 128 where one process takes 750
     # steps of 64: a little less progress in one epoch, so the band is 94-99% where one
-    # process reaches about 95.5-96% (tests/test_cli.py asserts >= 95% for it).
+    # process reaches about 95.5-96% (tests/app/test_cli.py asserts >= 95% for it).
     _, ranks = ddp_epoch
     assert ranks[0]["global_step"] == 375
     assert 0.94 <= ranks[0]["metrics"]["val_acc"] <= 0.99

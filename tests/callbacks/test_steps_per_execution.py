@@ -30,7 +30,7 @@ from lit_nnopt import MLP, MNISTClassifier, _lightning_internals
 from lit_nnopt.app.progress import CheapRichProgressBar, rich_bar_starts
 from lit_nnopt.callbacks import GradientClipping, NaNGuard, StepsPerExecution
 from lit_nnopt.data import BatchLoader
-from tests.helpers import CONFIGS, REPO, run_cli
+from tests.helpers import REPO, cli_fit
 
 SAMPLES, BATCH = 110, 10  # 11 batches an epoch
 K = 3  # groups of 3, 3, 3, 2
@@ -836,16 +836,7 @@ def _error_paragraph(result) -> str:
     ids=["clip", "accumulate"],
 )
 def test_cli_refuses_trainer_options_that_a_group_cannot_honour(args, option, mnist_dir, tmp_path):
-    result = run_cli(
-        "fit",
-        "--config",
-        str(CONFIGS / "adam.yaml"),
-        "--data.data_dir",
-        str(mnist_dir),
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        *args,
-    )
+    result = cli_fit("adam.yaml", mnist_dir, tmp_path, *args)
     message = _error_paragraph(result)
     assert option in message and "StepsPerExecution(steps=128)" in message
     assert not list(tmp_path.rglob("*.ckpt")), "refused before any training"
@@ -855,14 +846,10 @@ def _cli_fits(mnist_dir: Path, root: Path, *extra: str) -> tuple[dict, dict]:
     """The last.ckpt of adam.yaml with StepsPerExecution(steps=4) and (steps=1), run side by side."""
 
     def fit(steps: int) -> dict:
-        result = run_cli(
-            "fit",
-            "--config",
-            str(CONFIGS / "adam.yaml"),
-            "--data.data_dir",
-            str(mnist_dir),
-            "--trainer.default_root_dir",
-            str(root / f"k{steps}"),
+        result = cli_fit(
+            "adam.yaml",
+            mnist_dir,
+            root / f"k{steps}",
             "--trainer.logger",
             "false",
             "--trainer.enable_progress_bar",
@@ -906,14 +893,10 @@ def test_cli_limit_train_batches_counts_batches_not_groups(mnist_dir, tmp_path):
 
 
 def _ddp_fit(mnist_dir: Path, root: Path, steps: int) -> list[dict]:
-    result = run_cli(
-        "fit",
-        "--config",
-        str(CONFIGS / "adam.yaml"),
-        "--data.data_dir",
-        str(mnist_dir),
-        "--trainer.default_root_dir",
-        str(root / "runs"),
+    result = cli_fit(
+        "adam.yaml",
+        mnist_dir,
+        root / "runs",
         "--trainer.logger",
         "false",
         "--trainer.enable_progress_bar",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lit_nnopt.app.commands import EXTRA_COMMANDS
-from tests.helpers import CONFIGS, REPO, link_mnist, run_cli
+from tests.helpers import CONFIGS, REPO, cli_fit, link_mnist, run_cli
 
 # Every test here runs the command line in a subprocess, as a user would.
 pytestmark = pytest.mark.slow
@@ -32,17 +32,7 @@ def _no_traceback(result) -> None:
 def one_epoch(mnist_dir, tmp_path_factory):
     """One epoch of configs/adam.yaml through the CLI; the run folder it leaves."""
     root = tmp_path_factory.mktemp("adam")
-    result = run_cli(
-        "fit",
-        "--config",
-        str(CONFIGS / "adam.yaml"),
-        "--data.data_dir",
-        str(mnist_dir),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.default_root_dir",
-        str(root),
-    )
+    result = cli_fit("adam.yaml", mnist_dir, root, "--trainer.max_epochs", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     return root
 
@@ -130,18 +120,7 @@ def test_bad_config_values_fail_clearly(args, message, tmp_path):
 
 
 def _fit_on(data_dir: Path, tmp_path: Path, *extra: str, config: str = "adam.yaml"):
-    return run_cli(
-        "fit",
-        "--config",
-        str(CONFIGS / config),
-        "--data.data_dir",
-        str(data_dir),
-        "--trainer.default_root_dir",
-        str(tmp_path / "runs"),
-        "--trainer.max_epochs",
-        "1",
-        *extra,
-    )
+    return cli_fit(config, data_dir, tmp_path / "runs", "--trainer.max_epochs", "1", *extra)
 
 
 def test_missing_data_offline_fails_clearly(tmp_path):

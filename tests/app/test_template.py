@@ -22,7 +22,7 @@ from lit_nnopt.app.main import main as cli_main
 from lit_nnopt.app.new_project import TemplateAnswerError, parse_answers, template_variables
 from lit_nnopt.app.new_project import main as new_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUFF = Path(sys.executable).with_name("ruff")
 CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
 ALWAYS = {

@@ -1,6 +1,6 @@
 """Conventions every callback keeps (issue 15, finding 8 and the goals): one logger, rank 0 only.
 
-``@override`` on every overriding method is checked package-wide, in ``tests/test_overrides.py``.
+``@override`` on every overriding method is checked package-wide, in ``tests/library/test_overrides.py``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "lit_nnopt"
+PACKAGE = Path(__file__).resolve().parents[2] / "lit_nnopt"
 APPLICATION = PACKAGE / "app"
 # The entry point of `python -m lit_nnopt` starts the application; it is not part of the library.
 ENTRY_POINT = PACKAGE / "__main__.py"

@@ -94,7 +94,7 @@ def test_min_lr_list_must_match_the_groups():
 
 
 def test_mode_auto_decides_by_the_metric_name():
-    # mode="auto" on names is tested for the whole family in test_callbacks_monitor.py.
+    # mode="auto" on names is tested for the whole family in test_monitor.py.
     callback = plateau(monitor="val_acc", patience=1)
     assert lrs_after_each_check(callback, [0.5, 0.6, 0.55], monitor="val_acc") == [1.0, 1.0, 0.5]
 
