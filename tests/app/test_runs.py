@@ -1,15 +1,25 @@
-"""Finding runs again: the best checkpoint among a config's runs, and readable run names."""
+"""Finding runs again: the best checkpoint among a config's runs, the run to resume and its command, run names."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+from pathlib import Path
 
 import torch
 import yaml
 
-from lit_nnopt.app.runs import RUN_NAME_ENV, best_checkpoint, best_run_checkpoint, new_run_name, run_folder_of
+from lit_nnopt.app.config_files import config_files
+from lit_nnopt.app.runs import (
+    RUN_NAME_ENV,
+    best_checkpoint,
+    best_run_checkpoint,
+    find_resumable_checkpoint,
+    new_run_name,
+    resume_command,
+    run_folder_of,
+)
 
 CONFIG = {"model": {"net": "MLP"}, "optimizer": {"class_path": "torch.optim.Adam"}, "lr_scheduler": None,
           "data": {"batch_size": 64, "data_dir": "here"}}  # fmt: skip
@@ -110,3 +120,49 @@ def test_new_run_names_are_readable_and_unused(tmp_path, monkeypatch):
     assert re.fullmatch(r"fit-\d{8}-\d{6}", first) and second != first and second.startswith(first[:15])
     monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP rank started by the process that named the run
     assert new_run_name(tmp_path, "fit") == os.environ[RUN_NAME_ENV] == second
+
+
+# -- the resume command and `--ckpt_path last` -----------------------------------------------
+
+
+def test_resume_command_replaces_the_ckpt_path():
+    argv = ["fit", "--config", "my config.yaml", "--ckpt_path", "old.ckpt", "--ckpt_path=other.ckpt", "--x", "1"]
+    assert resume_command(argv) == "python -m lit_nnopt fit --config 'my config.yaml' --x 1 --ckpt_path last"
+    assert resume_command(["fit"], "{ckpt_path}").endswith("--ckpt_path {ckpt_path}")
+
+
+def test_config_files_are_the_existing_files_after_config(tmp_path):
+    real = tmp_path / "a.yaml"
+    real.write_text("trainer: {}\n")
+    argv = ["fit", "--config", str(real), f"--config={real}", "--config", "{trainer: {max_epochs: 1}}"]
+    assert config_files(argv) == [str(real), str(real)]
+
+
+def _fake_run(project_dir: Path, run_id: str, config: dict, checkpoint: str = "last.ckpt") -> Path:
+    run = project_dir / run_id
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    path = run / "checkpoints" / checkpoint
+    path.write_bytes(b"checkpoint")
+    return path
+
+
+def test_ckpt_path_last_finds_the_newest_run_of_the_same_config(tmp_path):
+    adam = {
+        "model": {"net": "mlp"},
+        "optimizer": {"class_path": "torch.optim.Adam"},
+        "lr_scheduler": None,
+        "data": {"batch_size": 64, "data_dir": "/a"},
+        "trainer": {"max_epochs": 5},
+    }
+    sgd = {**adam, "optimizer": {"class_path": "torch.optim.SGD"}}
+    older = _fake_run(tmp_path, "older", adam)
+    newer = _fake_run(tmp_path, "newer", adam, "last-v1.ckpt")
+    _fake_run(tmp_path, "best-only", adam, "best-00-0.9000.ckpt")
+    other = _fake_run(tmp_path, "other", sgd)
+    os.utime(older, ns=(1, 1))
+    # Where the data lives and how long to train do not make another run; the optimizer does.
+    current = {**adam, "data": {"batch_size": 64, "data_dir": "/b"}, "trainer": {"max_epochs": 9}}
+    assert find_resumable_checkpoint(tmp_path, current) == newer
+    assert find_resumable_checkpoint(tmp_path, sgd) == other
+    assert find_resumable_checkpoint(tmp_path, {**adam, "data": {"batch_size": 32}}) is None
