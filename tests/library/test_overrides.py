@@ -53,12 +53,17 @@ def _functions(value: object) -> list[object]:
 
 
 def _methods(cls: type) -> Iterator[tuple[str, object]]:
-    """The methods ``cls`` defines itself, dunder methods (``__init__``...) aside."""
+    """The methods written in the body of ``cls``, dunder methods (``__init__``...) aside.
+
+    Not what a metaclass puts there (Enum copies its base's ``_generate_next_value_`` on some
+    Pythons), nor an alias (``before_fit = _check_ckpt_path``): those are not methods written here.
+    """
     for name, value in vars(cls).items():
         if name.startswith("__") and name.endswith("__"):
             continue
         for function in _functions(value):
-            if getattr(function, "__name__", name) == name:  # `before_fit = _check_ckpt_path` is an alias, not a method
+            written_here = getattr(function, "__qualname__", "") == f"{cls.__qualname__}.{name}"
+            if written_here:
                 yield name, function
 
 
