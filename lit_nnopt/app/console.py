@@ -17,8 +17,14 @@ from typing_extensions import override
 
 from lit_nnopt.app.errors import explain_parser_error
 
-# `rank_zero_info` logs through whichever of these Lightning imported last.
-_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+# `rank_zero_info` logs through whichever of these Lightning imported last: the separately
+# installed `pytorch_lightning`, where lit_nnopt's callbacks import it too, has its own.
+_RANK_ZERO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+)
 # (logger name, text in the message): Lightning's info lines that lit_nnopt makes moot.
 _SILENCED_LOG_LINES = (
     # An advertisement for another product, on every command.
