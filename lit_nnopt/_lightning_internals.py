@@ -24,7 +24,7 @@ name, and why:
   from), ``automatic_optimization._skip_backward`` and ``optim_progress``, and the closure's
   output rules (``ClosureResult``).
 
-Their meaning was verified, by the bitwise tests of ``tests/test_steps_per_execution.py`` and
+Their meaning was verified, by the bitwise tests of ``tests/callbacks/test_steps_per_execution.py`` and
 the W&B logger's tests run in CI, on the Lightning minor versions in :data:`VERIFIED_LIGHTNING`.
 On any other version :func:`unverified_lightning` says so, StepsPerExecution runs Lightning's
 own loop instead (one batch per step, the same weights, without the speed-up), and the W&B
