@@ -51,6 +51,12 @@ class RunOptions:
     baseline: str | None = None
 
 
+_DEFAULT_MEANS = {
+    "--seeds": "With --seeds 1 (the default) each config is trained once.",
+    "--workers": "With --workers 1 (the default) the runs go one after another.",
+}
+
+
 def _whole_number(option: str, value: str, example: str) -> int:
     try:
         number = int(value)
@@ -58,9 +64,8 @@ def _whole_number(option: str, value: str, example: str) -> int:
         number = 0
     if number < 1:
         raise CompareUsageError(
-            f"`{option} {value}`: {option} takes a whole number of 1 or more, e.g. `{option} {example}`."
-            + (" With --seeds 1 (the default) each config is trained once." if option == "--seeds" else "")
-            + (" With --workers 1 (the default) the runs go one after another." if option == "--workers" else "")
+            f"`{option} {value}`: {option} takes a whole number of 1 or more, e.g. `{option} {example}`. "
+            + _DEFAULT_MEANS[option]
         )
     return number
 
