@@ -140,6 +140,8 @@ class MNISTClassifier(pl.LightningModule):
         self.train_loss, self.train_acc = MeanLoss(), Accuracy()
         self.val_loss, self.val_acc = MeanLoss(), Accuracy()
         self.test_loss, self.test_acc = MeanLoss(), Accuracy()
+        # One MNIST image: the model summary shows each layer's sizes and FLOPs from it.
+        self.example_input_array = torch.zeros(1, 1, 28, 28)
 
     @override
     def configure_model(self) -> None:

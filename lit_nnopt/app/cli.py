@@ -20,7 +20,6 @@ from lightning.pytorch.callbacks import (
     ModelCheckpoint,
     ModelSummary,
     ProgressBar,
-    RichModelSummary,
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
@@ -40,6 +39,7 @@ from lit_nnopt.app.config_files import config_files
 from lit_nnopt.app.console import ConciseArgumentParser, LineKeepingHelpFormatter, quiet_known_noise
 from lit_nnopt.app.environment import fit_threads_to_free_cpus, skip_nvml_probe_without_gpu
 from lit_nnopt.app.errors import config_error
+from lit_nnopt.app.model_summary import NetworkSummary
 from lit_nnopt.app.predictions import PredictionWriter
 from lit_nnopt.app.progress import progress_bar
 from lit_nnopt.app.reports import OK, RunSummary, did_not_learn_message
@@ -64,7 +64,7 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
     if trainer_config.get("enable_progress_bar", True) is not False and not _has(given, ProgressBar):
         defaults.append(progress_bar(refresh_rate=_progress_refresh_rate()))
     if trainer_config.get("enable_model_summary", True) is not False and not _has(given, ModelSummary):
-        defaults.append(RichModelSummary(max_depth=2))
+        defaults.append(NetworkSummary(max_depth=2))
     if trainer_config.get("logger", True) not in (False, None) and not _has(given, LearningRateMonitor):
         defaults.append(LearningRateMonitor(log_momentum=True, log_weight_decay=True))
     if not _has(given, RunSummary):
