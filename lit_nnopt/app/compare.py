@@ -360,7 +360,8 @@ def main(argv: list[str]) -> None:
     try:
         run_jobs(left, options.workers, train, finished)
     except KeyboardInterrupt as stop:
-        console.print(f"Stopped; {len(results)} of {len(jobs)} runs are done. Run the same command again to go on.")
+        done = sum(1 for run in results.values() if not run.error)
+        console.print(f"Stopped; {done} of {len(jobs)} runs are done. Run the same command again to go on.")
         if isinstance(stop, Terminated):
             raise SystemExit(128 + signal.SIGTERM) from None
         raise
