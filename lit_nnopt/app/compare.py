@@ -11,15 +11,15 @@ run's ``summary.json`` (see ``lit_nnopt.app.reports.RunSummary``) and go to ``DI
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lit_nnopt.app.compare_results import Run, cell, plot, print_table, write_markdown
 from lit_nnopt.app.compare_runs import (
     CHILDREN,
     MANIFEST,
@@ -35,7 +35,6 @@ from lit_nnopt.app.compare_runs import (
     split_run_options,
     worker_environment,
 )
-from lit_nnopt.app.machine import machine_line
 from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT, OK, SUMMARY_FILE
 
 DEFAULT_OUT = "runs/comparison"
@@ -61,35 +60,6 @@ what is missing is trained (a run cut off mid-way resumes from its last.ckpt).
 
 Example: python -m lit_nnopt compare configs/sgd.yaml configs/momentum.yaml configs/adam.yaml --trainer.max_epochs 5
 """
-COLUMNS = (
-    ("config", "config"),
-    ("best_val_acc", "best val_acc"),
-    ("final_val_acc", "final val_acc"),
-    ("test_acc", "test_acc"),
-    ("best_epoch", "best epoch"),
-    ("epochs_run", "epochs"),
-    ("stop_reason", "stop reason"),
-    ("seconds_per_epoch", "s/epoch"),
-)
-
-
-@dataclass
-class Run:
-    """One config's outcome: the row of the table and the curves of the plot."""
-
-    config: str
-    path: str
-    best_val_acc: float | None = None
-    final_val_acc: float | None = None
-    test_acc: float | None = None
-    best_epoch: int | None = None
-    epochs_run: int | None = None
-    stop_reason: str | None = None
-    seconds_per_epoch: float | None = None
-    error: str | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    status: str | None = None  # summary.json's: ok, diverged or at_chance
-    problem: str | None = None
 
 
 def parse_args(argv: list[str]) -> tuple[list[Path], Path, list[str]]:
@@ -215,101 +185,6 @@ def _fill_from_fit(run: Run, summary: dict[str, Any]) -> None:
     run.problem = summary.get("problem")
 
 
-def _cell(run: Run, key: str) -> str:
-    if key == "stop_reason" and run.error:
-        return f"FAILED: {run.error}"
-    if key == "stop_reason" and run.status not in (None, OK):
-        return f"{run.status.upper().replace('_', ' ')}: {run.problem} (not tested)"
-    value = getattr(run, key)
-    if value is None:
-        return ""
-    if key.endswith("acc"):
-        return f"{100 * value:.2f}%"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
-
-
-def write_markdown(runs: list[Run], path: Path, command: str) -> None:
-    """The table as Markdown, with the command and the machine that produced it."""
-    header = "| " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if key in ("config", "stop_reason") else "--:" for key, _ in COLUMNS) + "|"
-    rows = ["| " + " | ".join(_cell(run, key).replace("|", "\\|") for key, _ in COLUMNS) + " |" for run in runs]
-    path.write_text(
-        "\n".join(
-            [
-                "# Comparison",
-                "",
-                f"Command: `{command}`  ",
-                f"Machine: {machine_line()}",
-                "",
-                header,
-                rule,
-                *rows,
-                "",
-                (
-                    "best val_acc and best epoch are those of the best checkpoint (by the checkpoint's monitor, "
-                    "val_acc by default); test_acc is that checkpoint's accuracy on the test set. Epochs count "
-                    "from 0, as in checkpoint names. A run that DIVERGED (a NaN or infinite loss) or stayed AT "
-                    "CHANCE (val_acc under 1.5 / 10 classes) says so under stop reason and is not tested."
-                ),
-                "",
-                "![validation accuracy and loss per epoch](comparison.png)",
-                "",
-            ]
-        )
-    )
-
-
-def plot(runs: list[Run], path: Path) -> None:
-    """Validation accuracy and loss per epoch, one line per config, side by side, one legend."""
-    from lit_nnopt.app.figures import new_figure, save_figure, style_epoch_axes
-
-    figure = new_figure(13, 4.5)
-    accuracy, loss = figure.subplots(1, 2)
-    for index, run in enumerate(runs):
-        # Ten colours, then the same ten dashed, and so on: every run stays distinguishable.
-        style = {"color": f"C{index % 10}", "linestyle": ("-", "--", "-.", ":")[index // 10 % 4]}
-        for axes, metric in ((accuracy, "val_acc"), (loss, "val_loss")):
-            points = [(row["epoch"], row[metric]) for row in run.history if row.get(metric) is not None]
-            if points:
-                axes.plot(*zip(*points, strict=True), marker="o", markersize=3, label=run.config, **style)
-    style_epoch_axes(accuracy, "validation accuracy")
-    style_epoch_axes(loss, "validation loss")
-    handles, labels = accuracy.get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="outside right upper")
-    save_figure(figure, path, dpi=110)
-
-
-_UNWRAPPED_WIDTH = 200
-
-
-def print_table(runs: list[Run]) -> None:
-    """The table on the terminal, failed configs in red."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="lit_nnopt compare")
-    for key, title in COLUMNS:
-        if key == "stop_reason":  # often long, an error message at times: it gets the room that is left
-            table.add_column(title, ratio=1, overflow="fold")
-        elif key == "config":
-            table.add_column(title, overflow="fold")
-        else:
-            table.add_column(title.replace(" ", "\n"), justify="right", no_wrap=True)
-    for run in runs:
-        # Text, not markup: an error message or a path may hold "[...]".
-        failed = run.error or run.status not in (None, OK)
-        table.add_row(*(Text(_cell(run, key)) for key, _ in COLUMNS), style="red" if failed else None)
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        # Rich lays out for 80 columns off a terminal (a log file, CI): a row per line reads better there.
-        console = Console(width=_UNWRAPPED_WIDTH)
-    console.print(table)
-
-
 def main(argv: list[str]) -> None:
     """``python -m lit_nnopt compare``; see ``USAGE``.
 
@@ -352,7 +227,7 @@ def main(argv: list[str]) -> None:
         newest = max(summaries, key=lambda path: path.stat().st_mtime, default=None)
         manifest.record(job.key(overrides), asdict(run), newest)
         failed = run.error or run.status not in (None, OK)
-        outcome_text = run.error or (_cell(run, "stop_reason") if failed else f"test_acc {_cell(run, 'test_acc')}")
+        outcome_text = run.error or (cell(run, "stop_reason") if failed else f"test_acc {cell(run, 'test_acc')}")
         prefix = f"[{jobs.index(job) + 1}/{len(jobs)}] {job.label()}:"
         console.print(f"{prefix} {outcome_text} ({seconds:.0f} s)", markup=False, style="red" if failed else None)
         _write_results(jobs, results, baseline, out, command)  # after every run: an interrupted comparison keeps it

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lit_nnopt.app.compare import COLUMNS, Run, _cell
+from lit_nnopt.app.compare_results import COLUMNS, Run, cell
 from lit_nnopt.app.machine import machine_line
 from lit_nnopt.app.statistics import CONFIDENCE, describe, welch_test
 
@@ -101,7 +101,7 @@ def runs_table(runs: Sequence[tuple[int, Run]]) -> list[str]:
     rule = "|---|--:|" + "|".join("---" if key == "stop_reason" else "--:" for key, _ in COLUMNS[1:]) + "|"
     rows = [
         "| "
-        + " | ".join([run.config, str(seed), *(_cell(run, key).replace("|", "\\|") for key, _ in COLUMNS[1:])])
+        + " | ".join([run.config, str(seed), *(cell(run, key).replace("|", "\\|") for key, _ in COLUMNS[1:])])
         + " |"
         for seed, run in runs
     ]

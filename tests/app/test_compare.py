@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lit_nnopt.app.compare import DEFAULT_OUT, Run, parse_args, plot, print_table, run_names, write_markdown
+from lit_nnopt.app.compare import DEFAULT_OUT, parse_args, run_names
+from lit_nnopt.app.compare_results import Run, plot, print_table, write_markdown
 from tests.helpers import CONFIGS, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

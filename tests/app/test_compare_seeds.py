@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from lit_nnopt.app import compare_runs
-from lit_nnopt.app.compare import Run
 from lit_nnopt.app.compare import main as compare_main
+from lit_nnopt.app.compare_results import Run
 from lit_nnopt.app.compare_runs import (
     ChildProcesses,
     CompareUsageError,
