@@ -778,8 +778,8 @@ EXPONENTIAL_ADAM = {
     "lr_scheduler": EXPONENTIAL,
     "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}},
 }
-# Lightning 2.4 counts the batch during which a checkpoint was saved as not done, and runs one
-# more on resume; from 2.5 on, a run resumed mid-epoch ends as if never stopped.
+# Lightning 2.4 restores a mid-epoch checkpoint as if the batch during which it was saved had not
+# completed (its counters one behind the loader); from 2.5 on, such a run ends as if never stopped.
 LIGHTNING_RESUMES_MID_EPOCH_EXACTLY = tuple(int(part) for part in pl.__version__.split(".")[:2]) >= (2, 5)
 
 
@@ -807,7 +807,7 @@ def test_resume_mid_epoch_with_any_group_size_trains_as_one_batch_per_step(first
     _assert_same_training(_resumed_fit(second, tmp_path / "grouped.ckpt"), _resumed_fit(1, tmp_path / "single.ckpt"))
 
 
-@pytest.mark.skipif(not LIGHTNING_RESUMES_MID_EPOCH_EXACTLY, reason="Lightning 2.4 resumes mid-epoch one batch late")
+@pytest.mark.skipif(not LIGHTNING_RESUMES_MID_EPOCH_EXACTLY, reason="Lightning 2.4 resumes mid-epoch counters one batch behind")
 @pytest.mark.usefixtures("step_path")
 @pytest.mark.parametrize("first, second", [(K, K), (1, K)])
 def test_resume_mid_epoch_with_groups_ends_as_the_uninterrupted_run(first, second, tmp_path):
