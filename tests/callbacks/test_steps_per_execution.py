@@ -807,7 +807,7 @@ def test_resume_mid_epoch_with_any_group_size_trains_as_one_batch_per_step(first
     _assert_same_training(_resumed_fit(second, tmp_path / "grouped.ckpt"), _resumed_fit(1, tmp_path / "single.ckpt"))
 
 
-@pytest.mark.skipif(not LIGHTNING_RESUMES_MID_EPOCH_EXACTLY, reason="Lightning 2.4 resumes mid-epoch counters one batch behind")
+@pytest.mark.skipif(not LIGHTNING_RESUMES_MID_EPOCH_EXACTLY, reason="Lightning 2.4 restores counters one behind")
 @pytest.mark.usefixtures("step_path")
 @pytest.mark.parametrize("first, second", [(K, K), (1, K)])
 def test_resume_mid_epoch_with_groups_ends_as_the_uninterrupted_run(first, second, tmp_path):
