@@ -23,6 +23,9 @@ SUMMARY_FILE = "summary.json"
 # (MNIST's most frequent digit, 1, is about 11% of its images); a model that learnt anything
 # at all, even in a handful of steps, is far above 1.5 times that (0.15 for ten classes).
 CHANCE_MARGIN = 1.5
+# Fewer optimizer steps than this (a smoke run: `fast_dev_run`, a few `limit_train_batches`)
+# are too few to expect learning: such a run is not judged on its accuracy.
+MIN_STEPS_TO_JUDGE = 50
 # What `status` in summary.json says, and what the CLI's exit status 3 means.
 OK, DIVERGED, AT_CHANCE = "ok", "diverged", "at_chance"
 # The exit status of a `fit` that ran to its end without learning: scripts can tell it from a success (0)
@@ -59,18 +62,19 @@ def _non_finite_losses(metrics: dict[str, Any]) -> list[str]:
     return sorted(names)
 
 
-def run_health(history: list[dict[str, Any]], num_classes: int = 10) -> dict[str, Any]:
+def run_health(history: list[dict[str, Any]], num_classes: int = 10, steps: int | None = None) -> dict[str, Any]:
     """Whether a fit learnt anything: ``status`` ok, diverged or at_chance, and in words why.
 
     ``diverged``: a loss logged on epoch level was NaN or infinite at the end of some epoch
     (``problem_epoch``, the first). ``at_chance``: no validation accuracy (``val_acc``)
-    reached :data:`CHANCE_MARGIN` / ``num_classes``. A history without ``val_acc`` is not
-    judged on accuracy.
+    reached :data:`CHANCE_MARGIN` / ``num_classes``. A history without ``val_acc``, or a fit of
+    fewer than :data:`MIN_STEPS_TO_JUDGE` optimizer steps, is not judged on accuracy.
 
     Args:
         history: one dict per epoch, as :class:`RunSummary` records it (``non_finite`` names
             the losses that were not finite; their values are stored as None).
         num_classes: the classes of the task; chance accuracy is ``1 / num_classes``.
+        steps: the optimizer steps the fit took; None if unknown (judged as a long fit).
     """
     for row in history:
         if row.get("non_finite"):
@@ -82,7 +86,8 @@ def run_health(history: list[dict[str, Any]], num_classes: int = 10) -> dict[str
             }
     accuracies = [row["val_acc"] for row in history if row.get("val_acc") is not None]
     threshold = CHANCE_MARGIN / num_classes
-    if accuracies and max(accuracies) < threshold:
+    long_enough = steps is None or steps >= MIN_STEPS_TO_JUDGE
+    if accuracies and long_enough and max(accuracies) < threshold:
         return {
             "status": AT_CHANCE,
             "problem_epoch": None,
@@ -224,7 +229,7 @@ class RunSummary(pl.Callback):
             best_row = (max if mode == "max" else min)(scored, key=lambda row: row[monitor], default=None)
             summary.update(
                 {
-                    **run_health(self.history, self.num_classes),
+                    **run_health(self.history, self.num_classes, 0 if trainer.fast_dev_run else trainer.global_step),
                     "monitor": monitor,
                     "mode": mode,
                     "best_epoch": best_row["epoch"] if best_row else None,

@@ -14,6 +14,7 @@ from lit_nnopt.app import reports
 from lit_nnopt.app.reports import (
     AT_CHANCE,
     DIVERGED,
+    MIN_STEPS_TO_JUDGE,
     OK,
     RunSummary,
     did_not_learn_message,
@@ -70,6 +71,15 @@ def test_chance_follows_the_number_of_classes_and_a_run_without_val_acc_is_not_j
     assert run_health(history, num_classes=10)["status"] == OK
     assert run_health(history, num_classes=2)["status"] == AT_CHANCE  # under 1.5 / 2
     assert run_health([{"epoch": 0, "train_loss": 2.3, "val_acc": None}])["status"] == OK
+
+
+def test_a_smoke_run_is_not_judged_on_accuracy_but_still_on_its_losses():
+    at_chance = [{"epoch": 0, "train_loss": 2.3, "val_acc": 0.11}]
+    assert run_health(at_chance, steps=MIN_STEPS_TO_JUDGE - 1)["status"] == OK
+    assert run_health(at_chance, steps=MIN_STEPS_TO_JUDGE)["status"] == AT_CHANCE
+    assert run_health(at_chance)["status"] == AT_CHANCE
+    diverged = [{"epoch": 0, "train_loss": None, "val_acc": 0.11, "non_finite": ["train_loss"]}]
+    assert run_health(diverged, steps=1)["status"] == DIVERGED
     with pytest.raises(ValueError, match="`num_classes` must be at least 2, got 1"):
         RunSummary(num_classes=1)
 
