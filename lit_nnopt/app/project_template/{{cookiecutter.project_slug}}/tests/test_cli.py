@@ -1,4 +1,5 @@
 import csv
+import shlex
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,9 @@ def test_fit_names_the_best_checkpoint_which_holds_the_restored_weights(configs,
     cli = build_cli(["fit", "--config", str(configs / "default.yaml"), *quick_fit_args])
     best = cli.trainer.checkpoint_callback.best_model_path
     out = capsys.readouterr().out
-    assert f"Test it with: python -m {{ cookiecutter.project_slug }} test --config configs/default.yaml --ckpt_path {best}" in out
+    # The fit's own config and options, so that the printed line tests the same data and model.
+    test_args = ["test", "--config", str(configs / "default.yaml"), *quick_fit_args, "--ckpt_path", best]
+    assert "Test it with: " + shlex.join(["python", "-m", "{{ cookiecutter.project_slug }}", *test_args]) in out
     saved = torch.load(best, weights_only=True)["state_dict"]
     in_memory = cli.model.state_dict()  # what EarlyStopping(restore_best_weights=True) left
     assert saved.keys() == in_memory.keys()
