@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.multiprocessing.spawn import ProcessExitedException
 
 from lit_nnopt.callbacks import EarlyStopping, GradientClipping, NaNGuard, ReduceLROnPlateau
 from tests.helpers.callbacks import ScriptedMetricModel, quiet_trainer
@@ -60,8 +61,7 @@ class RecordPerRank(Callback):
         torch.save(record, self.folder / f"rank{trainer.global_rank}.pt")
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_two_ranks_with_different_metrics_decide_alike(tmp_path):
+def _fit_two_ranks(tmp_path: Path) -> None:
     callbacks = [
         NaNGuard(lr_factor=0.5),
         GradientClipping(mode="norm", max_norm=1e-3),
@@ -73,6 +73,19 @@ def test_two_ranks_with_different_metrics_decide_alike(tmp_path):
         tmp_path, strategy="ddp_spawn", devices=2, max_epochs=len(SCRIPT), limit_train_batches=2, callbacks=callbacks
     )
     trainer.fit(NaNOnOneRank(SCRIPT, rank_offsets=OFFSETS, lr=0.1))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_two_ranks_with_different_metrics_decide_alike(tmp_path):
+    try:
+        _fit_two_ranks(tmp_path)
+    except ProcessExitedException as error:
+        # Seen once in a whole slow tier (never in 13 runs of this test alone): a spawned rank
+        # aborted in native code ("terminate called without an active exception"), not in a
+        # Python assertion. One more try tells such a crash from a fault of the callbacks.
+        if error.signal_name != "SIGABRT":
+            raise
+        _fit_two_ranks(tmp_path)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
     for record in ranks:
         assert (record["stopped_epoch"], record["best_epoch"]) == (4, 1)
