@@ -21,7 +21,6 @@ from typing import Any
 
 from lit_nnopt.app.compare_results import Run, cell, plot, print_table, write_markdown
 from lit_nnopt.app.compare_runs import (
-    CHILDREN,
     MANIFEST,
     CompareUsageError,
     Job,
@@ -29,7 +28,9 @@ from lit_nnopt.app.compare_runs import (
     RunOptions,
     Terminated,
     baseline_index,
+    call_lit_nnopt,
     make_jobs,
+    newest_summary,
     resume_args,
     run_jobs,
     split_run_options,
@@ -99,24 +100,6 @@ def run_names(configs: list[Path]) -> list[str]:
     return names
 
 
-def _lit_nnopt(args: list[str], log: Path, env: Mapping[str, str] | None = None) -> tuple[int, str]:
-    """Run ``python -m lit_nnopt ARGS`` with its output in ``log``; (exit code, last error line)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as stream:
-        code = CHILDREN.call([sys.executable, "-m", "lit_nnopt", *args], stdout=stream, env=env)
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    # lit_nnopt and jsonargparse print "...error: why" then a hint; a traceback ends with its error.
-    errors = [line for line in lines if line.startswith(("lit_nnopt: error:", "error:"))]
-    return code, (errors or lines or ["no output"])[-1]
-
-
-def _newest_summary(folder: Path, since: float) -> dict[str, Any] | None:
-    found = [path for path in folder.rglob(SUMMARY_FILE) if path.stat().st_mtime >= since]
-    if not found:
-        return None
-    return json.loads(max(found, key=lambda path: path.stat().st_mtime).read_text())
-
-
 def run_config(
     name: str,
     config: Path,
@@ -135,8 +118,8 @@ def run_config(
     # The CLI links the logger's save_dir to default_root_dir: the run's folder, summary.json included, lands there.
     placement = ["--trainer.default_root_dir", str(folder / "fit")]
     fit = ["fit", "--config", str(config), *overrides, *fit_args, *placement]
-    code, message = _lit_nnopt(fit, folder / "fit.log", env)
-    summary = _newest_summary(folder / "fit", started)
+    code, message = call_lit_nnopt(fit, folder / "fit.log", env)
+    summary = newest_summary(folder / "fit", started)
     if summary is None:
         run.error = f"fit failed (exit {code}): {message} [log: {folder / 'fit.log'}]"
         return run
@@ -151,7 +134,7 @@ def run_config(
         run.error = "no best checkpoint to test (is checkpointing disabled, or fast_dev_run set?)"
         return run
     started = time.time()
-    code, message = _lit_nnopt(
+    code, message = call_lit_nnopt(
         [
             "test",
             "--config",
@@ -166,7 +149,7 @@ def run_config(
         env,
     )
     # The test joins the checkpoint's run folder: its summary.json gains test_acc.
-    tested = _newest_summary(folder / "fit", started)
+    tested = newest_summary(folder / "fit", started)
     run.test_acc = (tested or {}).get("final", {}).get("test_acc")
     if code != 0 or run.test_acc is None:
         run.error = f"test failed (exit {code}): {message} [log: {folder / 'test.log'}]"

@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_nnopt.app.environment import available_cpus
+from lit_nnopt.app.reports import SUMMARY_FILE
 
 MANIFEST = "compare-state.json"
 _MANIFEST_VERSION = 1
@@ -270,6 +272,25 @@ class ChildProcesses:
 
 
 CHILDREN = ChildProcesses()
+
+
+def call_lit_nnopt(args: list[str], log: Path, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Run ``python -m lit_nnopt ARGS`` with its output in ``log``; (exit code, last error line)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as stream:
+        code = CHILDREN.call([sys.executable, "-m", "lit_nnopt", *args], stdout=stream, env=env)
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    # lit_nnopt and jsonargparse print "...error: why" then a hint; a traceback ends with its error.
+    errors = [line for line in lines if line.startswith(("lit_nnopt: error:", "error:"))]
+    return code, (errors or lines or ["no output"])[-1]
+
+
+def newest_summary(folder: Path, since: float) -> dict[str, Any] | None:
+    """The newest ``summary.json`` below ``folder`` written at ``since`` or later, read; None if there is none."""
+    found = [path for path in folder.rglob(SUMMARY_FILE) if path.stat().st_mtime >= since]
+    if not found:
+        return None
+    return json.loads(max(found, key=lambda path: path.stat().st_mtime).read_text())
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""``python -m lit_nnopt`` and ``lit-nnopt``: LightningCLI's subcommands plus ``compare``, ``new`` and ``bench``.
+"""``python -m lit_nnopt`` and ``lit-nnopt``: LightningCLI's subcommands, ``compare``, ``tune``, ``new``, ``bench``.
 
 Every command reports bad input as one paragraph on stderr (``LIT_NNOPT_DEBUG=1`` shows the
 traceback instead) and exits non-zero: 1 for a problem found while running, 2 for a command
@@ -23,6 +23,7 @@ APPLICATION_MODULES = {
     "wandb": "wandb",
     "matplotlib": "matplotlib",
     "cookiecutter": "cookiecutter",
+    "optuna": "optuna",
 }
 
 
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
             from lit_nnopt.app.compare import main as compare_main
 
             compare_main(command_line[1:])
+        elif command == "tune":
+            from lit_nnopt.app.tune import main as tune_main
+
+            tune_main(command_line[1:])
         elif command == "new":
             from lit_nnopt.app.new_project import main as new_main
 

@@ -1,0 +1,90 @@
+"""Where ``tune`` and ``compare --storage`` keep their Optuna studies, and how workers share one.
+
+A study lives in an Optuna storage: by default a SQLite file in the command's output folder
+(nothing to start, and a second run of the same command picks the study up where it stopped),
+or a database server that every machine of a search reaches (``--storage
+postgresql://user:password@host/db``). Each worker writes a heartbeat for the trial it runs; a
+trial whose heartbeat stops for ``GRACE_SECONDS`` (its worker was killed, its machine lost) is
+failed and queued again by whichever worker notices first, so that it is taken again, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_STORAGE_FILE = "study.db"
+HEARTBEAT_SECONDS = 5
+# Longer than any pause of a live worker's heartbeat thread (a busy machine, a slow database).
+GRACE_SECONDS = 30
+# How long a SQLite writer waits for another process's lock before giving up.
+_SQLITE_LOCK_TIMEOUT_SECONDS = 60
+_SERVER_HELP = (
+    "Start the server, or point --storage at one that runs: for PostgreSQL on Debian or Ubuntu, "
+    "`sudo apt-get install postgresql && sudo service postgresql start`, then "
+    "`sudo -u postgres createuser --pwprompt USER && sudo -u postgres createdb --owner USER DB` and "
+    "`--storage postgresql://USER:PASSWORD@HOST/DB` (see docs/multi-machine.md). Without --storage the study "
+    "is a SQLite file in the output folder, with nothing to start."
+)
+
+
+class StorageError(RuntimeError):
+    """A study storage that cannot be opened: exit status 1, with what to do about it."""
+
+
+def storage_url(given: str | None, out: Path) -> str:
+    """``given``, or the SQLite file ``out/study.db`` (``out`` is created)."""
+    if given:
+        return given
+    out.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(out / DEFAULT_STORAGE_FILE).resolve()}"
+
+
+def shown(url: str) -> str:
+    """``url`` with its password replaced by ``***``, to print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_storage(url: str, heartbeat: bool = True) -> Any:
+    """An Optuna ``RDBStorage`` on ``url``; with ``heartbeat``, stale trials are failed and queued again.
+
+    Raises:
+        StorageError: if the URL is not a database URL, its driver is not installed or its
+            server cannot be reached; the message says which URL and how to start a server.
+    """
+    import optuna
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    optuna.logging.set_verbosity(logging.WARNING)  # a line per trial would bury lit_nnopt's own progress lines
+    # The heartbeat's stale-trial check and the plots are marked experimental; they are what lit_nnopt uses them for.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    engine_kwargs = {"connect_args": {"timeout": _SQLITE_LOCK_TIMEOUT_SECONDS}} if url.startswith("sqlite") else {}
+    liveness: dict[str, Any] = {}
+    if heartbeat:
+        liveness = {
+            "heartbeat_interval": HEARTBEAT_SECONDS,
+            "grace_period": GRACE_SECONDS,
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(),
+        }
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
+    except ModuleNotFoundError as error:
+        raise StorageError(
+            f"the study storage {shown(url)} needs the database driver `{error.name}`, which is not installed. "
+            'For PostgreSQL install `pip install "lit_nnopt[postgres]"`; for another database, its SQLAlchemy driver.'
+        ) from None
+    except ArgumentError:
+        raise StorageError(
+            f"`--storage {shown(url)}` is not a database URL: write it as SQLAlchemy does, e.g. "
+            "`postgresql://USER:PASSWORD@HOST:5432/DB` or `sqlite:////absolute/path/study.db`."
+        ) from None
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise StorageError(f"cannot reach the study storage {shown(url)}: {reason}. {_SERVER_HELP}") from None

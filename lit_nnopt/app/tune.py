@@ -1,0 +1,360 @@
+"""``python -m lit_nnopt tune``: search a config's hyperparameters with Optuna, offline, resumable, shareable.
+
+Each trial is ``fit --config CONFIG`` with the options a search-space file names set to the
+values Optuna's TPE sampler picks, in its own process and folder (``DIR/trials/<number>/``).
+The trial's :class:`~lit_nnopt.app.trial_report.TrialReport` writes its validation score
+per epoch into the study and ends it early where the median pruner calls it hopeless. A
+trial's value is its best ``--monitor`` (validation accuracy): the test set is never looked at.
+
+The study is kept in ``DIR/study.db`` (SQLite) unless ``--storage`` names a database server;
+the same command, run again or on other machines against the same storage, goes on with the
+same study until it has ``--trials`` finished (complete or pruned) trials. At the end
+``DIR/best.yaml`` is the best trial's whole config, which ``fit`` takes as it is;
+``DIR/trials.csv``, ``DIR/tune.md``, ``DIR/history.png`` and ``DIR/importance.png`` describe the search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lit_nnopt.app.compare_runs import (
+    CHILDREN,
+    CompareUsageError,
+    Stopped,
+    Terminated,
+    call_lit_nnopt,
+    newest_summary,
+    sigterm_as_interrupt,
+    worker_environment,
+)
+from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT
+from lit_nnopt.app.search_space import Dimension, check_against_config, load_search_space, option_args
+from lit_nnopt.app.studies import HEARTBEAT_SECONDS, open_storage, shown, storage_url
+from lit_nnopt.app.trial_report import PRUNED_AT_EPOCH
+
+DEFAULT_TRIALS = 20
+# Trials of random search before TPE models the results, and before the pruner compares trials.
+STARTUP_TRIALS = 5
+# A run of failures (not prunings: crashes) this long stops a worker: something is wrong with every trial.
+MAX_FAILURES_IN_A_ROW = 3
+_INTERRUPTED_EXITS = (130, 143)
+USAGE = f"""usage: python -m lit_nnopt tune --config CONFIG [--space FILE] [--trials T] [--out DIR]
+                               [--storage URL] [--study NAME] [--workers K] [--monitor METRIC] [OVERRIDES ...]
+
+Searches the hyperparameters that the search-space FILE names (default: spaces/<config name>.yaml
+beside CONFIG, e.g. configs/spaces/adam.yaml) with Optuna: each trial is `fit --config CONFIG`
+with the options set to the trial's values, pruned after an epoch where its validation score
+is below the median of the earlier trials at that epoch. The search ends when the study has T
+(default {DEFAULT_TRIALS}) finished trials.
+
+DIR (default runs/tune/<config name>) gets best.yaml (the best trial's whole config: train it
+with `python -m lit_nnopt fit --config DIR/best.yaml`), trials.csv, tune.md, history.png and
+importance.png; each trial's logs and run folder go to DIR/trials/<number>/.
+
+The study is DIR/study.db, so the same command run again after an interruption goes on where it
+stopped (a trial cut off by Ctrl-C or SIGTERM resumes from its last.ckpt). --storage URL keeps it
+in a database server instead (e.g. postgresql://USER:PASSWORD@HOST/DB): run the same command on
+several machines and they share the search, each trial taken by one worker. --study NAME
+(default: the config's name) tells several searches in one storage apart. --workers K runs K
+trials at once on this machine, each with CPUs // K torch threads. --monitor METRIC (default
+val_acc) is the validation metric maximized.
+
+OVERRIDES are `fit` options for every trial, e.g. `--trainer.max_epochs 5` for shorter trials;
+best.yaml leaves them out.
+
+Example: python -m lit_nnopt tune --config configs/adam.yaml --trials 20 --trainer.max_epochs 5
+"""
+_VALUE_OPTIONS = ("--config", "--space", "--trials", "--out", "--storage", "--study", "--workers", "--monitor")
+
+
+@dataclass
+class TuneOptions:
+    """The command line of ``tune``, parsed."""
+
+    config: Path
+    space: Path
+    trials: int = DEFAULT_TRIALS
+    out: Path | None = None
+    storage: str | None = None
+    study: str | None = None
+    workers: int = 1
+    monitor: str = "val_acc"
+    overrides: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: Sequence[str]) -> TuneOptions:
+    """``tune``'s options; see ``USAGE``.
+
+    Raises:
+        CompareUsageError: for a missing config or space file, a value missing, or a count below 1.
+    """
+    values: dict[str, str] = {}
+    overrides: list[str] = []
+    arguments = list(argv)
+    while arguments:
+        arg = arguments.pop(0)
+        option, equals, value = arg.partition("=")
+        if option not in _VALUE_OPTIONS:
+            overrides.append(arg)
+            continue
+        if not equals:
+            value = arguments.pop(0) if arguments and not arguments[0].startswith("--") else ""
+        if not value:
+            raise CompareUsageError(f"`{option}` needs a value; see `python -m lit_nnopt tune --help`.")
+        values[option] = value
+    if "--config" not in values:
+        raise CompareUsageError(
+            "tune needs `--config CONFIG`, e.g. `python -m lit_nnopt tune --config configs/sgd.yaml`."
+        )
+    config = Path(values["--config"])
+    if not config.is_file():
+        raise CompareUsageError(f"config file {config} not found: give a path such as configs/adam.yaml.")
+    space = Path(values.get("--space") or config.parent / "spaces" / f"{config.stem}.yaml")
+    if "--space" not in values and not space.is_file():
+        raise CompareUsageError(
+            f"no search space for {config}: {space} does not exist. Write one (see configs/spaces/ for examples) "
+            "or give `--space FILE`."
+        )
+    return TuneOptions(
+        config=config,
+        space=space,
+        trials=_count("--trials", values.get("--trials", str(DEFAULT_TRIALS))),
+        out=Path(values["--out"]) if "--out" in values else Path("runs/tune") / config.stem,
+        storage=values.get("--storage"),
+        study=values.get("--study") or config.stem,
+        workers=_count("--workers", values.get("--workers", "1")),
+        monitor=values.get("--monitor", "val_acc"),
+        overrides=overrides,
+    )
+
+
+def _count(option: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise CompareUsageError(f"`{option} {value}`: {option} takes a whole number of 1 or more, e.g. `{option} 20`.")
+    return number
+
+
+class TrialFailed(Exception):
+    """A trial's ``fit`` crashed: the trial fails (it does not count towards ``--trials``) and the search goes on."""
+
+
+class TrialInterrupted(Exception):
+    """A trial's ``fit`` was stopped by Ctrl-C or SIGTERM: it is queued again, to resume from its ``last.ckpt``."""
+
+
+class Search:
+    """One ``tune`` command's study and the workers that run its trials."""
+
+    def __init__(self, options: TuneOptions, dimensions: list[Dimension], console: Any) -> None:
+        import optuna
+
+        self.options = options
+        self.dimensions = dimensions
+        self.console = console
+        self.out = options.out
+        self.url = storage_url(options.storage, self.out)
+        self.storage = open_storage(self.url)
+        sampler = optuna.samplers.TPESampler(n_startup_trials=STARTUP_TRIALS, multivariate=True, constant_liar=True)
+        self.study = optuna.create_study(
+            study_name=options.study, storage=self.storage, direction="maximize", sampler=sampler, load_if_exists=True
+        )
+        self._check_same_search()
+        self.environment = worker_environment(options.workers)
+        self.environment["WANDB_RUN_GROUP"] = options.study  # W&B shows a study's trials together
+        self.stopping = threading.Event()
+        self._failures_in_row = 0
+        self._lock = threading.Lock()
+
+    def _check_same_search(self) -> None:
+        """Mark a new study with its config and space; refuse to go on with a study of another search."""
+        identity = {
+            "config": _digest(self.options.config),
+            "space": _digest(self.options.space),
+            "overrides": self.options.overrides,
+            "monitor": self.options.monitor,
+        }
+        recorded = self.study.user_attrs.get("search")
+        if recorded is None:
+            self.study.set_user_attr("search", identity)
+            self.study.set_user_attr("config_path", str(self.options.config))
+        elif recorded != identity:
+            changed = ", ".join(key for key in identity if identity[key] != recorded.get(key))
+            raise CompareUsageError(
+                f"study `{self.options.study}` in {shown(self.url)} was started with another {changed}: its trials "
+                "would not be comparable with this search's. Give the new search its own `--study NAME` (or `--out "
+                "DIR`), or run the command with the study's own config, space, overrides and monitor to go on with it."
+            )
+
+    def counts(self) -> dict[str, int]:
+        """How many of the study's trials are in each state, by state name."""
+        counts: dict[str, int] = {}
+        for trial in self.study.get_trials(deepcopy=False):
+            counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+        return counts
+
+    def work(self) -> None:
+        """One worker: run trials until the study has ``--trials`` finished ones, leaving none behind."""
+        import optuna
+
+        while not self.stopping.is_set():
+            optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial is queued again
+            counts = self.counts()
+            finished, running = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0), counts.get("RUNNING", 0)
+            if finished >= self.options.trials:
+                return
+            if finished + running >= self.options.trials:  # the last trials are running elsewhere: wait for them
+                time.sleep(HEARTBEAT_SECONDS)
+                continue
+            self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed,))
+            with self._lock:
+                if self._failures_in_row >= MAX_FAILURES_IN_A_ROW:
+                    raise TrialFailed(
+                        f"{self._failures_in_row} trials in a row failed; the last one's log says why "
+                        f"(logs: {self.out / 'trials'}/<number>/fit.log). Fix the config or the search space, then "
+                        "run the same command again: finished trials are kept."
+                    )
+
+    def objective(self, trial: Any) -> float:
+        """Train one trial; its best ``--monitor``, or ``TrialPruned``."""
+        import optuna
+
+        if self.stopping.is_set():
+            raise Stopped
+        params = {dimension.option: dimension.suggest(trial) for dimension in self.dimensions}
+        resume_folder = trial.user_attrs.get("resume_folder")
+        folder = Path(resume_folder) if resume_folder else self.out / "trials" / f"{trial.number:04d}"
+        trial.set_user_attr("folder", str(folder))
+        resuming = resume_folder is not None and any((folder / "fit").rglob("last*.ckpt"))
+        report = [
+            "--trainer.callbacks+=lit_nnopt.app.trial_report.TrialReport",
+            f"--trainer.callbacks.storage={self.url}",
+            f"--trainer.callbacks.study={self.options.study}",
+            f"--trainer.callbacks.trial={trial.number}",
+            f"--trainer.callbacks.monitor={self.options.monitor}",
+            f"--trainer.callbacks.startup_trials={STARTUP_TRIALS}",
+        ]
+        fit = ["fit", "--config", str(self.options.config), *self.options.overrides, *option_args(params), *report]
+        placement = ["--trainer.default_root_dir", str(folder / "fit")]
+        label = f"trial {trial.number}"
+        shown_params = ", ".join(f"{name}={_short(value)}" for name, value in params.items())
+        self.console.print(f"{label}: {shown_params}{' (resumed)' if resuming else ''}", markup=False, soft_wrap=True)
+        started = time.time()
+        try:
+            code, message = call_lit_nnopt(
+                [*fit, *(["--ckpt_path", "last"] if resuming else []), *placement], folder / "fit.log", self.environment
+            )
+        except Stopped:
+            self._requeue(trial, None)
+            raise TrialInterrupted(label) from None
+        if code in _INTERRUPTED_EXITS or self.stopping.is_set():
+            self._requeue(trial, folder)
+            raise TrialInterrupted(label)
+        summary = newest_summary(folder / "fit", started)
+        score = (summary or {}).get("best", {}).get(self.options.monitor)
+        if summary is None or code not in (0, DID_NOT_LEARN_EXIT):
+            self._failed(f"{label} failed (exit {code}): {message} [log: {folder / 'fit.log'}]")
+        trial.set_user_attr("epochs_run", summary.get("epochs_run"))
+        pruned_at = self._pruned_at(trial.number)
+        if pruned_at is not None or score is None:
+            reason = f"pruned after epoch {pruned_at}" if pruned_at is not None else "diverged before validating"
+            self._said(f"{label}: {reason} ({time.time() - started:.0f} s)")
+            raise optuna.TrialPruned(reason)
+        self._said(f"{label}: {self.options.monitor} {score:.4f} ({time.time() - started:.0f} s)")
+        return float(score)
+
+    def _said(self, line: str) -> None:
+        with self._lock:
+            self._failures_in_row = 0
+        self.console.print(line, markup=False, soft_wrap=True)
+
+    def _failed(self, why: str) -> None:
+        with self._lock:
+            self._failures_in_row += 1
+        self.console.print(why, markup=False, style="red", soft_wrap=True)
+        raise TrialFailed(why)
+
+    def _pruned_at(self, number: int) -> int | None:
+        """The epoch after which the trial's ``fit`` was pruned, as its :class:`TrialReport` wrote it."""
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.storage.get_study_id_from_name(self.options.study), number
+        )
+        return self.storage.get_trial(trial_id).user_attrs.get(PRUNED_AT_EPOCH)
+
+    def _requeue(self, trial: Any, folder: Path | None) -> None:
+        """Queue the trial's parameters again; it resumes from ``folder``'s last.ckpt where there is one."""
+        user_attrs = {"retry_of": trial.number, **({"resume_folder": str(folder)} if folder else {})}
+        self.study.enqueue_trial(trial.params, user_attrs=user_attrs)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value
+
+
+def main(argv: list[str]) -> None:
+    """``python -m lit_nnopt tune``; see ``USAGE``.
+
+    Raises:
+        SystemExit: 2 for a bad command line or search space (nothing trained), 143 after SIGTERM.
+    """
+    from rich.console import Console
+
+    from lit_nnopt.app.search_space import SearchSpaceError
+    from lit_nnopt.app.tune_results import write_results
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        raise SystemExit(0 if argv else 2)
+    console = Console(stderr=True, highlight=False)
+    try:
+        options = parse_args(argv)
+        dimensions = load_search_space(options.space)
+        check_against_config(dimensions, options.config, options.overrides, options.space)
+        search = Search(options, dimensions, console)
+    except (CompareUsageError, SearchSpaceError) as error:
+        sys.stderr.write(f"lit_nnopt: error: {error}\n")
+        raise SystemExit(2) from None
+    command = " ".join(["python -m lit_nnopt tune", *argv])
+    counts = search.counts()
+    done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    console.print(
+        f"Study `{options.study}` in {shown(search.url)}: {done} of {options.trials} trials done; "
+        f"{options.workers} worker{'s' if options.workers > 1 else ''} on this machine.",
+        markup=False,
+        soft_wrap=True,
+    )
+    CHILDREN.open()
+    try:
+        with sigterm_as_interrupt(), ThreadPoolExecutor(options.workers, thread_name_prefix="tune") as pool:
+            workers = [pool.submit(search.work) for _ in range(options.workers)]
+            try:
+                for worker in as_completed(workers):
+                    worker.result()
+            except BaseException:
+                search.stopping.set()
+                CHILDREN.stop()
+                raise
+    except KeyboardInterrupt as stop:
+        console.print("Stopped; run the same command again to go on with the study.", markup=False)
+        if isinstance(stop, Terminated):
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
+    finally:
+        write_results(search, command)  # also after a stop or a failure: the study's finished trials so far
