@@ -52,6 +52,16 @@ def shown(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _with_driver(url: str) -> str:
+    """``url``, naming psycopg2 (what the ``postgres`` extra installs) where a PostgreSQL URL names no driver.
+
+    SQLAlchemy 2.0 reads ``postgresql://`` as psycopg2 but 2.1 as psycopg 3, which is not installed;
+    a URL that names its driver (``postgresql+psycopg://``) is left as it is.
+    """
+    scheme, separator, rest = url.partition("://")
+    return f"postgresql+psycopg2://{rest}" if separator and scheme == "postgresql" else url
+
+
 def open_storage(url: str, heartbeat: bool = True) -> Any:
     """An Optuna ``RDBStorage`` on ``url``; with ``heartbeat``, stale trials are failed and queued again.
 
@@ -74,10 +84,12 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(),
         }
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
-    except ModuleNotFoundError as error:
+        return optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **liveness)
+    except ImportError as error:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
+        missing = error.name or getattr(error.__cause__, "name", None)
+        driver = f"`{missing}`" if missing else "of its URL"
         raise StorageError(
-            f"the study storage {shown(url)} needs the database driver `{error.name}`, which is not installed. "
+            f"the study storage {shown(url)} needs the database driver {driver}, which is not installed. "
             'For PostgreSQL install `pip install "lit_nnopt[postgres]"`; for another database, its SQLAlchemy driver.'
         ) from None
     except ArgumentError:
