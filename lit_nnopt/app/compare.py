@@ -11,10 +11,11 @@ run's ``summary.json`` (see ``lit_nnopt.app.reports.RunSummary``) and go to ``DI
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -182,58 +183,160 @@ def main(argv: list[str]) -> None:
     command = " ".join(["python -m lit_nnopt compare", *argv])
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, highlight=False)
-    jobs = make_jobs(configs, names, options.seeds)
-    manifest = Manifest(out / MANIFEST)
-    results = {job: Run(**run) for job in jobs if (run := manifest.finished(job.key(overrides))) is not None}
-    left = [job for job in jobs if job not in results]
-    if results:
-        console.print(f"{len(results)} of {len(jobs)} runs already done ({manifest.path}); training {len(left)}.")
-    fit_args = {job: [*job.seed_args(), *resume_args(job, out, manifest, overrides)] for job in left}
-    environment = worker_environment(options.workers)
-
-    def train(job: Job) -> tuple[Run, float]:
-        prefix = f"[{jobs.index(job) + 1}/{len(jobs)}] {job.label()}:"
-        resumed = " from its last.ckpt" if "--ckpt_path" in fit_args[job] else ""
-        console.print(
-            f"{prefix} training {job.config}{resumed} (log: {job.folder(out) / 'fit.log'})",
-            markup=False,
-            soft_wrap=True,
-        )
-        started = time.perf_counter()
-        run = run_config(job.name, job.config, overrides, job.folder(out), fit_args[job], environment)
-        return run, time.perf_counter() - started
-
-    def finished(job: Job, outcome: tuple[Run, float]) -> None:
-        run, seconds = outcome
-        results[job] = run
-        summaries = list((job.folder(out) / "fit").rglob(SUMMARY_FILE))
-        newest = max(summaries, key=lambda path: path.stat().st_mtime, default=None)
-        manifest.record(job.key(overrides), asdict(run), newest)
-        failed = run.error or run.status not in (None, OK)
-        outcome_text = run.error or (cell(run, "stop_reason") if failed else f"test_acc {cell(run, 'test_acc')}")
-        prefix = f"[{jobs.index(job) + 1}/{len(jobs)}] {job.label()}:"
-        console.print(f"{prefix} {outcome_text} ({seconds:.0f} s)", markup=False, style="red" if failed else None)
-        _write_results(jobs, results, baseline, out, command)  # after every run: an interrupted comparison keeps it
-
     try:
-        run_jobs(left, options.workers, train, finished)
+        if options.tune:
+            configs = _tune_each(configs, names, options, out, overrides, console)
+        jobs = make_jobs(configs, names, options.seeds)
+        environment = worker_environment(options.workers)
+        results: dict[Job, Run] = {}
+
+        def train(job: Job, fit_args: list[str]) -> Run:
+            prefix = f"[{jobs.index(job) + 1}/{len(jobs)}] {job.label()}:"
+            resumed = " from its last.ckpt" if "--ckpt_path" in fit_args else ""
+            console.print(
+                f"{prefix} training {job.config}{resumed} (log: {job.folder(out) / 'fit.log'})",
+                markup=False,
+                soft_wrap=True,
+            )
+            if not resumed and (job.folder(out) / "fit").exists():
+                shutil.rmtree(job.folder(out) / "fit")  # a run cut off without a checkpoint starts again
+            return run_config(
+                job.name, job.config, overrides, job.folder(out), [*job.seed_args(), *fit_args], environment
+            )
+
+        def finished(job: Job, run: Run, seconds: float) -> None:
+            results[job] = run
+            failed = run.error or run.status not in (None, OK)
+            outcome_text = run.error or (cell(run, "stop_reason") if failed else f"test_acc {cell(run, 'test_acc')}")
+            prefix = f"[{jobs.index(job) + 1}/{len(jobs)}] {job.label()}:"
+            console.print(f"{prefix} {outcome_text} ({seconds:.0f} s)", markup=False, style="red" if failed else None)
+            _write_results(jobs, results, baseline, out, command)  # after every run: an interrupted comparison keeps it
+
+        if options.storage:
+            trained = _run_shared(jobs, options, out, train, finished, results, console)
+        else:
+            trained = _run_here(jobs, options, out, overrides, train, finished, results, console)
     except KeyboardInterrupt as stop:
-        done = sum(1 for run in results.values() if not run.error)
-        console.print(f"Stopped; {done} of {len(jobs)} runs are done. Run the same command again to go on.")
+        console.print("Stopped. Run the same command again to go on where it stopped.")
         if isinstance(stop, Terminated):
             raise SystemExit(128 + signal.SIGTERM) from None
         raise
     _write_results(jobs, results, baseline, out, command)  # also where every run was done before
     if options.seeds == 1:
-        print_table([results[job] for job in jobs])
+        print_table([results[job] for job in jobs if job in results])
     else:
         console.print("\n".join(_statistics_lines(jobs, results, baseline)), markup=False, soft_wrap=True)
-    failures = sum(1 for job in jobs if results[job].error)
+    failures = sum(1 for job in jobs if job not in results or results[job].error)
     retry = f" {failures} failed: run the same command again to retry them." if failures else ""
-    console.print(f"Trained {len(left)} of {len(jobs)} runs.{retry}")
+    console.print(f"Trained {trained} of {len(jobs)} runs here.{retry}")
     extra = f", {out / 'statistics.json'}" if options.seeds > 1 else ""
     written = f"{out / 'comparison.md'}, {out / 'comparison.json'}{extra} and {out / 'comparison.png'}"
     console.print(f"Wrote {written}.", soft_wrap=True)
+
+
+def _run_here(
+    jobs: list[Job],
+    options: RunOptions,
+    out: Path,
+    overrides: list[str],
+    train: Callable[[Job, list[str]], Run],
+    finished: Callable[[Job, Run, float], None],
+    results: dict[Job, Run],
+    console: Any,
+) -> int:
+    """Train the jobs that ``DIR/compare-state.json`` does not call done, on this machine; how many were trained."""
+    manifest = Manifest(out / MANIFEST)
+    results.update({job: Run(**run) for job in jobs if (run := manifest.finished(job.key(overrides))) is not None})
+    left = [job for job in jobs if job not in results]
+    if results:
+        console.print(f"{len(results)} of {len(jobs)} runs already done ({manifest.path}); training {len(left)}.")
+    fit_args = {job: resume_args(job, out, manifest, overrides) for job in left}
+
+    def timed(job: Job) -> tuple[Run, float]:
+        started = time.perf_counter()
+        return train(job, fit_args[job]), time.perf_counter() - started
+
+    def recorded(job: Job, outcome: tuple[Run, float]) -> None:
+        run, seconds = outcome
+        summaries = list((job.folder(out) / "fit").rglob(SUMMARY_FILE))
+        newest = max(summaries, key=lambda path: path.stat().st_mtime, default=None)
+        manifest.record(job.key(overrides), asdict(run), newest)
+        finished(job, run, seconds)
+
+    try:
+        run_jobs(left, options.workers, timed, recorded)
+    except KeyboardInterrupt:
+        done = sum(1 for run in results.values() if not run.error)
+        console.print(f"{done} of {len(jobs)} runs are done.")
+        raise
+    return len(left)
+
+
+def _run_shared(
+    jobs: list[Job],
+    options: RunOptions,
+    out: Path,
+    train: Callable[[Job, list[str]], Run],
+    finished: Callable[[Job, Run, float], None],
+    results: dict[Job, Run],
+    console: Any,
+) -> int:
+    """Train jobs of the study in ``--storage`` until none is left; ``results`` gets every machine's; how many here."""
+    from lit_nnopt.app.compare_queue import SharedRuns, default_study, run_shared
+    from lit_nnopt.app.studies import shown
+
+    study = options.study or default_study(out)
+    shared = SharedRuns(options.storage, study, jobs, console)
+    results.update(shared.results())
+    console.print(
+        f"Study `{study}` in {shown(options.storage)}: {len(results)} of {len(jobs)} runs done; "
+        f"{options.workers} worker{'s' if options.workers > 1 else ''} on this machine.",
+        markup=False,
+        soft_wrap=True,
+    )
+    trained_here: list[Job] = []
+
+    def counted(job: Job, run: Run, seconds: float) -> None:
+        trained_here.append(job)
+        finished(job, run, seconds)
+
+    try:
+        run_shared(shared, options.workers, train, counted)
+    finally:
+        results.update(shared.results())
+    return len(trained_here)
+
+
+def _tune_each(
+    configs: list[Path], names: list[str], options: RunOptions, out: Path, overrides: list[str], console: Any
+) -> list[Path]:
+    """``--tune T``: tune each config with T trials (``DIR/tune/<name>/``); the best configs, in the same order."""
+    from lit_nnopt.app.tune import TuneOptions, run_search
+    from lit_nnopt.app.tune_results import BEST_CONFIG
+
+    trial_overrides = [
+        *overrides,
+        *(["--trainer.max_epochs", str(options.trial_epochs)] if options.trial_epochs else []),
+    ]
+    best: list[Path] = []
+    for config, name in zip(configs, names, strict=True):
+        space = config.parent / "spaces" / f"{config.stem}.yaml"
+        tuning = TuneOptions(
+            config=config,
+            space=space,
+            trials=options.tune,
+            out=out / "tune" / name,
+            storage=options.storage,
+            study=f"{options.study or out.resolve().name}-tune-{name}",
+            workers=options.workers,
+            overrides=trial_overrides,
+        )
+        console.rule(f"tune {name}: {options.tune} trials", style="dim")
+        run_search(tuning, console, f"(compare --tune) tune --config {config} --trials {options.tune}")
+        if not (tuning.out / BEST_CONFIG).is_file():
+            raise RuntimeError(f"tuning {config} gave no complete trial: see {tuning.out / 'tune.md'}")
+        best.append(tuning.out / BEST_CONFIG)
+    return best
 
 
 def _parse_or_exit(argv: list[str]) -> tuple[RunOptions, list[Path], Path, list[str], str | None]:

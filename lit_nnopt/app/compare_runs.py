@@ -46,38 +46,53 @@ class CompareUsageError(ValueError):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """``--seeds``, ``--workers`` and ``--baseline`` as given."""
+    """The options of ``compare`` besides its configs, ``--out`` and the overrides, as given."""
 
     seeds: int = 1
     workers: int = 1
     baseline: str | None = None
+    storage: str | None = None
+    study: str | None = None
+    tune: int | None = None
+    trial_epochs: int | None = None
 
 
 _DEFAULT_MEANS = {
     "--seeds": "With --seeds 1 (the default) each config is trained once.",
     "--workers": "With --workers 1 (the default) the runs go one after another.",
+    "--tune": "Without --tune each config is trained with its own hyperparameters.",
+    "--trial-epochs": "Without it each trial runs as many epochs as its config says.",
+}
+_EXAMPLES = {
+    "--seeds": "--seeds 5",
+    "--workers": "--workers 2",
+    "--baseline": "--baseline configs/sgd.yaml",
+    "--storage": "--storage postgresql://USER:PASSWORD@HOST/DB",
+    "--study": "--study optimizers",
+    "--tune": "--tune 20",
+    "--trial-epochs": "--trial-epochs 5",
 }
 
 
-def _whole_number(option: str, value: str, example: str) -> int:
+def _whole_number(option: str, value: str) -> int:
     try:
         number = int(value)
     except ValueError:
         number = 0
     if number < 1:
         raise CompareUsageError(
-            f"`{option} {value}`: {option} takes a whole number of 1 or more, e.g. `{option} {example}`. "
+            f"`{option} {value}`: {option} takes a whole number of 1 or more, e.g. `{_EXAMPLES[option]}`. "
             + _DEFAULT_MEANS[option]
         )
     return number
 
 
 def split_run_options(argv: Sequence[str]) -> tuple[RunOptions, list[str]]:
-    """``--seeds N``, ``--workers K`` and ``--baseline CONFIG`` out of ``argv``; the rest as it was.
+    """The options of :class:`RunOptions` out of ``argv``; the rest as it was.
 
     Raises:
-        CompareUsageError: if ``--seeds`` or ``--workers`` is not a whole number of 1 or more, or
-            an option has no value.
+        CompareUsageError: if a count (``--seeds``, ``--workers``, ``--tune``, ``--trial-epochs``) is
+            not a whole number of 1 or more, or an option has no value.
     """
     values: dict[str, str] = {}
     rest: list[str] = []
@@ -85,18 +100,30 @@ def split_run_options(argv: Sequence[str]) -> tuple[RunOptions, list[str]]:
     while arguments:
         arg = arguments.pop(0)
         option, equals, value = arg.partition("=")
-        if option not in ("--seeds", "--workers", "--baseline"):
+        if option not in _EXAMPLES:
             rest.append(arg)
             continue
         if not equals:
             value = arguments.pop(0) if arguments and not arguments[0].startswith("--") else ""
         if not value:
-            example = {"--seeds": "--seeds 5", "--workers": "--workers 2", "--baseline": "--baseline configs/sgd.yaml"}
-            raise CompareUsageError(f"`{option}` needs a value, e.g. `{example[option]}`.")
+            raise CompareUsageError(f"`{option}` needs a value, e.g. `{_EXAMPLES[option]}`.")
         values[option] = value
-    seeds = _whole_number("--seeds", values["--seeds"], "5") if "--seeds" in values else 1
-    workers = _whole_number("--workers", values["--workers"], "2") if "--workers" in values else 1
-    return RunOptions(seeds, workers, values.get("--baseline")), rest
+    counts = {
+        option: _whole_number(option, values[option])
+        for option in ("--seeds", "--workers", "--tune", "--trial-epochs")
+        if option in values
+    }
+    if "--trial-epochs" in counts and "--tune" not in counts:
+        raise CompareUsageError("`--trial-epochs` sets the length of --tune's trials: add `--tune T` or drop it.")
+    return RunOptions(
+        seeds=counts.get("--seeds", 1),
+        workers=counts.get("--workers", 1),
+        baseline=values.get("--baseline"),
+        storage=values.get("--storage"),
+        study=values.get("--study"),
+        tune=counts.get("--tune"),
+        trial_epochs=counts.get("--trial-epochs"),
+    ), rest
 
 
 def baseline_index(baseline: str, configs: Sequence[Path], names: Sequence[str], seeds: int) -> int:

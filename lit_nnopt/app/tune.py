@@ -317,7 +317,6 @@ def main(argv: list[str]) -> None:
     from rich.console import Console
 
     from lit_nnopt.app.search_space import SearchSpaceError
-    from lit_nnopt.app.tune_results import write_results
 
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -325,13 +324,32 @@ def main(argv: list[str]) -> None:
     console = Console(stderr=True, highlight=False)
     try:
         options = parse_args(argv)
+    except (CompareUsageError, SearchSpaceError) as error:
+        sys.stderr.write(f"lit_nnopt: error: {error}\n")
+        raise SystemExit(2) from None
+    try:
+        run_search(options, console, " ".join(["python -m lit_nnopt tune", *argv]))
+    except Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None
+
+
+def run_search(options: TuneOptions, console: Any, command: str) -> Search:
+    """Check the search space, then run ``options.workers`` workers until the study is done; write its files.
+
+    Raises:
+        SystemExit: 2 for a search space the config cannot take (nothing trained).
+        Terminated: after SIGTERM (KeyboardInterrupt after Ctrl-C), once the running trials are queued again.
+    """
+    from lit_nnopt.app.search_space import SearchSpaceError
+    from lit_nnopt.app.tune_results import write_results
+
+    try:
         dimensions = load_search_space(options.space)
         check_against_config(dimensions, options.config, options.overrides, options.space)
         search = Search(options, dimensions, console)
     except (CompareUsageError, SearchSpaceError) as error:
         sys.stderr.write(f"lit_nnopt: error: {error}\n")
         raise SystemExit(2) from None
-    command = " ".join(["python -m lit_nnopt tune", *argv])
     counts = search.counts()
     done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
     console.print(
@@ -351,10 +369,9 @@ def main(argv: list[str]) -> None:
                 search.stopping.set()
                 CHILDREN.stop()
                 raise
-    except KeyboardInterrupt as stop:
+    except KeyboardInterrupt:
         console.print("Stopped; run the same command again to go on with the study.", markup=False)
-        if isinstance(stop, Terminated):
-            raise SystemExit(128 + signal.SIGTERM) from None
         raise
     finally:
         write_results(search, command)  # also after a stop or a failure: the study's finished trials so far
+    return search

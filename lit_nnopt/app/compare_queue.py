@@ -1,0 +1,167 @@
+"""``compare --storage URL``: one comparison's runs shared by the workers of several machines through an Optuna study.
+
+The first ``compare`` to reach the storage creates the study and queues every (config, seed)
+job in it as a waiting trial, named ``<config name>#<seed>``. Each worker, on any machine that
+runs the same command against the same storage, takes a waiting trial (the database hands each
+to one worker only), trains its job in this machine's output folder, and stores the run's
+results in the trial, so that every machine can write the whole table from the study. A worker
+writes a heartbeat while it trains; when it stops for ``GRACE_SECONDS`` (the worker or its
+machine died) the trial fails and a copy is queued, to be taken again. A run that fails is
+queued once more; a run stopped by Ctrl-C or SIGTERM is queued again and resumes from its
+``last.ckpt`` when this machine takes it.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lit_nnopt.app.compare_results import Run
+from lit_nnopt.app.compare_runs import CHILDREN, CompareUsageError, Job, Stopped, sigterm_as_interrupt
+from lit_nnopt.app.studies import HEARTBEAT_SECONDS, open_storage, shown
+
+# Runs of a job that failed (not those stopped or lost with their worker) before it is given up.
+MAX_ATTEMPTS = 2
+_ALL_QUEUED = "all_jobs_queued"
+
+
+def job_id(job: Job) -> str:
+    """How the study names a job: the same on every machine that runs the same command."""
+    return f"{job.name}#{job.seed}"
+
+
+class JobFailed(Exception):
+    """A job's run failed: its trial fails, and the job is queued once more."""
+
+
+class JobStopped(Exception):
+    """A job's run was stopped (Ctrl-C, SIGTERM): its trial fails and the job is queued again."""
+
+
+class SharedRuns:
+    """The jobs of one comparison in a study of ``url``, and this machine's workers on them."""
+
+    def __init__(self, url: str, study_name: str, jobs: Sequence[Job], console: Any) -> None:
+        import optuna
+
+        self.url = url
+        self.jobs = {job_id(job): job for job in jobs}
+        self.console = console
+        self.stopping = threading.Event()
+        storage = open_storage(url)
+        try:
+            self.study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            self.study = optuna.load_study(study_name=study_name, storage=storage)
+            created = False
+        if created:
+            for name in self.jobs:
+                self.study.enqueue_trial({}, user_attrs={"job": name, "attempt": 1})
+            self.study.set_user_attr(_ALL_QUEUED, sorted(self.jobs))
+        self._check_same_jobs(study_name)
+
+    def _check_same_jobs(self, study_name: str) -> None:
+        """Wait until the study's creator has queued its jobs; refuse a study of another comparison."""
+        for _ in range(60):
+            queued = self.study.user_attrs.get(_ALL_QUEUED)
+            if queued is not None:
+                break
+            time.sleep(1)
+        else:
+            raise CompareUsageError(
+                f"study `{study_name}` in {shown(self.url)} has no queued runs after a minute: the `compare` that "
+                "created it stopped while queueing them. Give this comparison another `--study NAME`."
+            )
+        if queued != sorted(self.jobs):
+            raise CompareUsageError(
+                f"study `{study_name}` in {shown(self.url)} holds another comparison's runs ({', '.join(queued)}); "
+                f"this command's are {', '.join(sorted(self.jobs))}. Run the same configs and --seeds on every "
+                "machine, or give this comparison its own `--study NAME`."
+            )
+
+    def results(self) -> dict[Job, Run]:
+        """The run of each job that has a complete trial."""
+        done: dict[Job, Run] = {}
+        for trial in self.study.get_trials(deepcopy=False):
+            job = self.jobs.get(trial.user_attrs.get("job", ""))
+            if job is not None and trial.state.name == "COMPLETE" and "run" in trial.user_attrs:
+                done[job] = Run(**trial.user_attrs["run"])
+        return done
+
+    def work(self, train: Callable[[Job, list[str]], Run], finished: Callable[[Job, Run, float], None]) -> None:
+        """One worker: take waiting jobs until none is waiting or running anywhere."""
+        import optuna
+
+        def objective(trial: Any) -> float:
+            return self._run(trial, train, finished)
+
+        while not self.stopping.is_set():
+            optuna.storages.fail_stale_trials(self.study)  # a dead worker's job is queued again
+            states = [trial.state.name for trial in self.study.get_trials(deepcopy=False)]
+            if "WAITING" in states:
+                self.study.optimize(objective, n_trials=1, catch=(JobFailed,))
+            elif "RUNNING" in states:  # running elsewhere: if that worker dies, its job comes back as waiting
+                time.sleep(HEARTBEAT_SECONDS)
+            else:
+                return
+
+    def _run(
+        self, trial: Any, train: Callable[[Job, list[str]], Run], finished: Callable[[Job, Run, float], None]
+    ) -> float:
+        job = self.jobs.get(trial.user_attrs.get("job", ""))
+        if job is None:  # another worker took the last waiting job between our look and our take
+            raise JobFailed("no job left")
+        resume_here = trial.user_attrs.get("resume_on") == socket.gethostname()
+        started = time.perf_counter()
+        try:
+            run = train(job, ["--ckpt_path", "last"] if resume_here else [])
+        except Stopped:
+            self._queue_again(trial, job, resume=False)
+            raise JobStopped(job.label()) from None
+        if self.stopping.is_set():  # its process was stopped with the comparison: it saved a last.ckpt
+            self._queue_again(trial, job, resume=True)
+            raise JobStopped(job.label())
+        trial.set_user_attr("run", asdict(run))
+        trial.set_user_attr("host", socket.gethostname())
+        finished(job, run, time.perf_counter() - started)
+        if run.error and trial.user_attrs.get("attempt", 1) < MAX_ATTEMPTS:
+            self._queue_again(trial, job, resume=False, attempt=trial.user_attrs.get("attempt", 1) + 1)
+            raise JobFailed(run.error)
+        return run.test_acc if run.test_acc is not None else 0.0
+
+    def _queue_again(self, trial: Any, job: Job, resume: bool, attempt: int | None = None) -> None:
+        user_attrs = {"job": job_id(job), "attempt": attempt or trial.user_attrs.get("attempt", 1)}
+        if resume:
+            user_attrs["resume_on"] = socket.gethostname()
+        self.study.enqueue_trial({}, user_attrs=user_attrs)
+
+
+def run_shared(
+    shared: SharedRuns,
+    workers: int,
+    train: Callable[[Job, list[str]], Run],
+    finished: Callable[[Job, Run, float], None],
+) -> None:
+    """``workers`` threads of :meth:`SharedRuns.work`; on Ctrl-C or SIGTERM, stop the runs and queue them again."""
+    CHILDREN.open()
+    with sigterm_as_interrupt(), ThreadPoolExecutor(workers, thread_name_prefix="compare") as pool:
+        running = [pool.submit(shared.work, train, finished) for _ in range(workers)]
+        try:
+            for worker in as_completed(running):
+                worker.result()
+        except BaseException:
+            shared.stopping.set()
+            CHILDREN.stop()
+            raise
+
+
+def default_study(out: Path) -> str:
+    """The study of a comparison without ``--study``: its output folder's name, the same on every machine."""
+    return f"compare-{out.resolve().name}"
