@@ -47,6 +47,7 @@ from lit_nnopt.app.run_pictures import RunPictures
 from lit_nnopt.app.run_placement import place_run, resume_ckpt_path
 from lit_nnopt.app.runs import resume_command, test_command
 from lit_nnopt.app.schedule_length import ScheduleLength
+from lit_nnopt.app.study_membership import StudyMembership
 from lit_nnopt.callbacks import InterruptCheckpoint, NaNGuard
 from lit_nnopt.checkpoint_io import AtomicCheckpointIO
 from lit_nnopt.data import MNISTDataModule
@@ -57,7 +58,8 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
     """The callbacks of every CLI run, each unless ``trainer_config`` gives one of its kind.
 
     A progress bar, a model summary, an LR monitor, the run summary, the pictures, the interrupt
-    checkpoint, the prediction CSV and the check of a fixed-length schedule against the run.
+    checkpoint, the prediction CSV and the check of a fixed-length schedule against the run; and,
+    in a trial of ``tune`` or a seed of ``compare``, the study's name for every logger.
     """
     given = list(trainer_config.get("callbacks") or [])
     defaults: list[Callback] = []
@@ -77,6 +79,9 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
         defaults.append(PredictionWriter())
     if not _has(given, ScheduleLength):
         defaults.append(ScheduleLength())
+    membership = StudyMembership.from_environment()
+    if membership is not None and not _has(given, StudyMembership):
+        defaults.append(membership)
     return given + defaults
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lit_nnopt.app.compare_results import Run, cell, plot, print_table, write_markdown
+from lit_nnopt.app.compare_results import RUNS_TABLE, Run, cell, plot, print_table, write_markdown, write_runs_table
 from lit_nnopt.app.compare_runs import (
     MANIFEST,
     CompareUsageError,
@@ -38,6 +38,7 @@ from lit_nnopt.app.compare_runs import (
     worker_environment,
 )
 from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT, OK, SUMMARY_FILE
+from lit_nnopt.app.study_membership import membership_environment
 
 DEFAULT_OUT = "runs/comparison"
 USAGE = f"""usage: python -m lit_nnopt compare CONFIG [CONFIG ...] [--out DIR] [--seeds N] [--workers K]
@@ -88,6 +89,11 @@ def parse_args(argv: list[str]) -> tuple[list[Path], Path, list[str]]:
     if missing:
         raise ValueError(f"config file(s) not found: {', '.join(missing)}. Give paths such as configs/adam.yaml.")
     return configs, out, overrides
+
+
+def default_study(out: Path) -> str:
+    """The study of a comparison without ``--study``: its output folder's name, the same on every machine."""
+    return f"compare-{out.resolve().name}"
 
 
 def run_names(configs: list[Path]) -> list[str]:
@@ -183,9 +189,10 @@ def main(argv: list[str]) -> None:
     command = " ".join(["python -m lit_nnopt compare", *argv])
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, highlight=False)
+    study = options.study or default_study(out)
     try:
         if options.tune:
-            configs = _tune_each(configs, names, options, out, overrides, console)
+            configs = _tune_each(configs, names, options, study, out, overrides, console)
         jobs = make_jobs(configs, names, options.seeds)
         environment = worker_environment(options.workers)
         results: dict[Job, Run] = {}
@@ -200,9 +207,10 @@ def main(argv: list[str]) -> None:
             )
             if not resumed and (job.folder(out) / "fit").exists():
                 shutil.rmtree(job.folder(out) / "fit")  # a run cut off without a checkpoint starts again
-            return run_config(
-                job.name, job.config, overrides, job.folder(out), [*job.seed_args(), *fit_args], environment
-            )
+            # The W&B group, and the `study` of every logger: this comparison's runs of this config.
+            member = membership_environment(environment, f"{study}/{job.name}", job.label())
+            seeded = [*job.seed_args(), *fit_args]
+            return run_config(job.name, job.config, overrides, job.folder(out), seeded, member)
 
         def finished(job: Job, run: Run, seconds: float) -> None:
             results[job] = run
@@ -210,10 +218,12 @@ def main(argv: list[str]) -> None:
             outcome_text = run.error or (cell(run, "stop_reason") if failed else f"test_acc {cell(run, 'test_acc')}")
             prefix = f"[{jobs.index(job) + 1}/{len(jobs)}] {job.label()}:"
             console.print(f"{prefix} {outcome_text} ({seconds:.0f} s)", markup=False, style="red" if failed else None)
-            _write_results(jobs, results, baseline, out, command)  # after every run: an interrupted comparison keeps it
+            _write_results(
+                jobs, results, baseline, study, out, command
+            )  # after every run: an interrupted comparison keeps it
 
         if options.storage:
-            trained = _run_shared(jobs, options, out, train, finished, results, console)
+            trained = _run_shared(jobs, options, study, train, finished, results, console)
         else:
             trained = _run_here(jobs, options, out, overrides, train, finished, results, console)
     except KeyboardInterrupt as stop:
@@ -221,7 +231,7 @@ def main(argv: list[str]) -> None:
         if isinstance(stop, Terminated):
             raise SystemExit(128 + signal.SIGTERM) from None
         raise
-    _write_results(jobs, results, baseline, out, command)  # also where every run was done before
+    _write_results(jobs, results, baseline, study, out, command)  # also where every run was done before
     if options.seeds == 1:
         print_table([results[job] for job in jobs if job in results])
     else:
@@ -230,7 +240,9 @@ def main(argv: list[str]) -> None:
     retry = f" {failures} failed: run the same command again to retry them." if failures else ""
     console.print(f"Trained {trained} of {len(jobs)} runs here.{retry}")
     extra = f", {out / 'statistics.json'}" if options.seeds > 1 else ""
-    written = f"{out / 'comparison.md'}, {out / 'comparison.json'}{extra} and {out / 'comparison.png'}"
+    written = (
+        f"{out / 'comparison.md'}, {out / 'comparison.json'}{extra}, {out / RUNS_TABLE} and {out / 'comparison.png'}"
+    )
     console.print(f"Wrote {written}.", soft_wrap=True)
 
 
@@ -275,17 +287,16 @@ def _run_here(
 def _run_shared(
     jobs: list[Job],
     options: RunOptions,
-    out: Path,
+    study: str,
     train: Callable[[Job, list[str]], Run],
     finished: Callable[[Job, Run, float], None],
     results: dict[Job, Run],
     console: Any,
 ) -> int:
     """Train jobs of the study in ``--storage`` until none is left; ``results`` gets every machine's; how many here."""
-    from lit_nnopt.app.compare_queue import SharedRuns, default_study, run_shared
+    from lit_nnopt.app.compare_queue import SharedRuns, run_shared
     from lit_nnopt.app.studies import shown
 
-    study = options.study or default_study(out)
     shared = SharedRuns(options.storage, study, jobs, console)
     results.update(shared.results())
     console.print(
@@ -308,7 +319,13 @@ def _run_shared(
 
 
 def _tune_each(
-    configs: list[Path], names: list[str], options: RunOptions, out: Path, overrides: list[str], console: Any
+    configs: list[Path],
+    names: list[str],
+    options: RunOptions,
+    study: str,
+    out: Path,
+    overrides: list[str],
+    console: Any,
 ) -> list[Path]:
     """``--tune T``: tune each config with T trials (``DIR/tune/<name>/``); the best configs, in the same order."""
     from lit_nnopt.app.tune import TuneOptions, run_search
@@ -327,7 +344,7 @@ def _tune_each(
             trials=options.tune,
             out=out / "tune" / name,
             storage=options.storage,
-            study=f"{options.study or out.resolve().name}-tune-{name}",
+            study=f"{study}-tune-{name}",
             workers=options.workers,
             overrides=trial_overrides,
         )
@@ -352,8 +369,11 @@ def _parse_or_exit(argv: list[str]) -> tuple[RunOptions, list[Path], Path, list[
     return options, configs, out, overrides, baseline
 
 
-def _write_results(jobs: list[Job], results: dict[Job, Run], baseline: str | None, out: Path, command: str) -> None:
+def _write_results(
+    jobs: list[Job], results: dict[Job, Run], baseline: str | None, study: str, out: Path, command: str
+) -> None:
     """The files of the runs finished so far, in the order of the jobs."""
+    write_runs_table(study, [(job.seed, results[job]) for job in jobs if job in results], out / RUNS_TABLE)
     if all(job.seed is None for job in jobs):
         _write([results[job] for job in jobs if job in results], out, command)
         return

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from lit_nnopt.app.compare_results import Run
@@ -160,8 +159,3 @@ def run_shared(
             shared.stopping.set()
             CHILDREN.stop()
             raise
-
-
-def default_study(out: Path) -> str:
-    """The study of a comparison without ``--study``: its output folder's name, the same on every machine."""
-    return f"compare-{out.resolve().name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,20 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     status: str | None = None  # summary.json's: ok, diverged or at_chance
     problem: str | None = None
+
+
+RUNS_TABLE = "runs.csv"
+_RUNS_TABLE_COLUMNS = ("study", "config", "seed", *(key for key, _ in COLUMNS[1:]), "status", "error", "path")
+
+
+def write_runs_table(study: str, runs: list[tuple[int | None, Run]], path: Path) -> None:
+    """One row per run, with its ``study`` (as every logger of the run has it) and seed: ``DIR/runs.csv``."""
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(_RUNS_TABLE_COLUMNS)
+        for seed, run in runs:
+            values = {"study": f"{study}/{run.config}", "seed": seed, **vars(run)}
+            writer.writerow([values.get(column) for column in _RUNS_TABLE_COLUMNS])
 
 
 def cell(run: Run, key: str) -> str:

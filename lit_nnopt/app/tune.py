@@ -40,6 +40,7 @@ from lit_nnopt.app.compare_runs import (
 from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT
 from lit_nnopt.app.search_space import Dimension, check_against_config, load_search_space, option_args
 from lit_nnopt.app.studies import HEARTBEAT_SECONDS, open_storage, shown, storage_url
+from lit_nnopt.app.study_membership import membership_environment
 from lit_nnopt.app.trial_report import PRUNED_AT_EPOCH
 
 DEFAULT_TRIALS = 20
@@ -174,7 +175,6 @@ class Search:
         )
         self._check_same_search()
         self.environment = worker_environment(options.workers)
-        self.environment["WANDB_RUN_GROUP"] = options.study  # W&B shows a study's trials together
         self.stopping = threading.Event()
         self._failures_in_row = 0
         self._lock = threading.Lock()
@@ -255,7 +255,9 @@ class Search:
         started = time.time()
         try:
             code, message = call_lit_nnopt(
-                [*fit, *(["--ckpt_path", "last"] if resuming else []), *placement], folder / "fit.log", self.environment
+                [*fit, *(["--ckpt_path", "last"] if resuming else []), *placement],
+                folder / "fit.log",
+                membership_environment(self.environment, self.options.study, label),
             )
         except Stopped:
             self._requeue(trial, None)
