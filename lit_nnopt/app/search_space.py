@@ -6,7 +6,7 @@ its dashes, to its range::
     optimizer.lr: {low: 1.0e-4, high: 1.0e-1, log: true}    # a float, sampled on a log scale
     model.net.dropout: {low: 0.0, high: 0.5}                # a float, uniform
     model.net.hidden_sizes: {choices: [[64], [128], [256]]} # one of a list
-    data.batch_size: {low: 32, high: 256, step: 32}         # an int: low and high are whole numbers
+    data.batch_size: {low: 32, high: 256, step: 32}         # an int: low, high (and step) are whole numbers
 
 Each trial of ``tune`` is ``fit --config CONFIG --<option> <value> ...``, so an option is any
 that ``fit`` takes with that config: :func:`check_against_config` asks ``fit`` itself.
@@ -15,6 +15,7 @@ that ``fit`` takes with that config: :func:`check_against_config` asks ``fit`` i
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -43,8 +44,9 @@ class Dimension:
 
     @property
     def is_int(self) -> bool:
-        """Whether the range holds whole numbers only (``low`` and ``high`` written as integers)."""
-        return self.choices is None and isinstance(self.low, int) and isinstance(self.high, int)
+        """Whether the range holds whole numbers only (``low``, ``high`` and any ``step`` written as integers)."""
+        whole = (self.low, self.high) if self.step is None else (self.low, self.high, self.step)
+        return self.choices is None and all(isinstance(bound, int) for bound in whole)
 
     def suggest(self, trial: Any) -> Any:
         """This dimension's value for an Optuna ``trial``."""
@@ -88,12 +90,25 @@ def load_search_space(path: Path) -> list[Dimension]:
     try:
         content = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise SearchSpaceError(f"search space {path} is not valid YAML ({error}).") from None
+        raise SearchSpaceError(f"search space {path} is not valid YAML: {_yaml_problem(error)}.") from None
     if not isinstance(content, dict) or not content:
         raise SearchSpaceError(
             f"search space {path} names no option: it is a mapping of `fit` options to ranges, e.g. `{_EXAMPLE}`."
         )
     return [_dimension(path, str(option), value) for option, value in content.items()]
+
+
+def _yaml_problem(error: Exception) -> str:
+    """What PyYAML found wrong, and where, on one line (its own message spans several, with a caret)."""
+    problem = getattr(error, "problem", None) or getattr(error, "context", None)
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    if problem is None or mark is None:
+        return " ".join(str(error).split())
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _dimension(path: Path, option: str, spec: Any) -> Dimension:
@@ -116,17 +131,23 @@ def _dimension(path: Path, option: str, spec: Any) -> Dimension:
         if len({_is_scalar(choice) for choice in choices}) > 1:
             raise SearchSpaceError(f"{where}: `choices` are all plain values or all lists, not a mix.")
         return Dimension(option, choices=tuple(choices))
-    low, high = spec.get("low"), spec.get("high")
-    if not all(isinstance(bound, (int, float)) and not isinstance(bound, bool) for bound in (low, high)):
+    low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
+    if not (_is_number(low) and _is_number(high)):
         raise SearchSpaceError(f"{where} needs numbers `low` and `high`, e.g. `{{low: 1.0e-4, high: 1.0e-1}}`.")
     if low >= high:
         raise SearchSpaceError(f"{where}: `low` ({low}) must be below `high` ({high}).")
-    log = bool(spec.get("log", False))
+    if not isinstance(log, bool):
+        raise SearchSpaceError(f"{where}: `log` is true or false, not {log!r}.")
     if log and low <= 0:
         raise SearchSpaceError(f"{where}: a log scale needs `low` above 0 (it is {low}).")
-    if log and spec.get("step") is not None:
+    if log and step is not None:
         raise SearchSpaceError(f"{where}: a range takes `log` or `step`, not both.")
-    return Dimension(option, low=low, high=high, log=log, step=spec.get("step"))
+    if step is not None and not (_is_number(step) and 0 < step <= high - low):
+        raise SearchSpaceError(
+            f"{where}: `step` ({step!r}) is the distance between the values tried, a number above 0 and at most "
+            f"`high` - `low` ({high - low}); e.g. `{{low: 32, high: 256, step: 32}}`."
+        )
+    return Dimension(option, low=low, high=high, log=log, step=step)
 
 
 def option_args(params: Mapping[str, Any]) -> list[str]:
