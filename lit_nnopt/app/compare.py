@@ -42,13 +42,14 @@ from lit_nnopt.app.study_membership import membership_environment
 
 DEFAULT_OUT = "runs/comparison"
 USAGE = f"""usage: python -m lit_nnopt compare CONFIG [CONFIG ...] [--out DIR] [--seeds N] [--workers K]
-                                  [--baseline CONFIG] [OVERRIDES ...]
+                                  [--baseline CONFIG] [--tune T [--trial-epochs E]]
+                                  [--storage URL] [--study NAME] [OVERRIDES ...]
 
 Trains each CONFIG with `fit`, tests its best checkpoint with `test`, and writes
-DIR/comparison.md, DIR/comparison.json and DIR/comparison.png (validation accuracy and
-loss per epoch, one line per config). DIR defaults to {DEFAULT_OUT}; each run's logs go
-to DIR/<config name>/, its checkpoints and summary.json (fit and test) to a run folder below
-DIR/<config name>/fit/.
+DIR/comparison.md, DIR/comparison.json, DIR/runs.csv and DIR/comparison.png (validation
+accuracy and loss per epoch, one line per config). DIR defaults to {DEFAULT_OUT}; each run's
+logs go to DIR/<config name>/, its checkpoints and summary.json (fit and test) to a run folder
+below DIR/<config name>/fit/.
 
 The configs come first. OVERRIDES are `fit` options applied to every run, for example
 `--data.data_dir /data --trainer.max_epochs 5`.
@@ -60,6 +61,15 @@ other config's difference from it, with its 95% interval and Welch's t-test p-va
 --workers K runs K trainings at once, each with CPUs // K torch threads. DIR/{MANIFEST}
 records the finished runs: run the same command again after an interruption and only
 what is missing is trained (a run cut off mid-way resumes from its last.ckpt).
+
+--tune T first tunes each config with `tune` under the same budget of T trials (its search
+space: spaces/<config name>.yaml beside it; DIR/tune/<config name>/), each trial
+--trial-epochs E epochs long if given, then compares the best config of each search.
+
+--storage URL keeps the comparison (and --tune's searches) in a database that several
+machines reach, e.g. postgresql://USER:PASSWORD@HOST/DB: run the same command on each and
+they share the runs, each run trained by one worker; a worker that dies leaves its run to
+another. --study NAME (default: compare-<DIR's name>) tells comparisons in one storage apart.
 
 Example: python -m lit_nnopt compare configs/sgd.yaml configs/momentum.yaml configs/adam.yaml --trainer.max_epochs 5
 """
@@ -227,7 +237,6 @@ def main(argv: list[str]) -> None:
         else:
             trained = _run_here(jobs, options, out, overrides, train, finished, results, console)
     except KeyboardInterrupt as stop:
-        console.print("Stopped. Run the same command again to go on where it stopped.")
         if isinstance(stop, Terminated):
             raise SystemExit(128 + signal.SIGTERM) from None
         raise
@@ -237,7 +246,9 @@ def main(argv: list[str]) -> None:
     else:
         console.print("\n".join(_statistics_lines(jobs, results, baseline)), markup=False, soft_wrap=True)
     failures = sum(1 for job in jobs if job not in results or results[job].error)
-    retry = f" {failures} failed: run the same command again to retry them." if failures else ""
+    # A shared study retries a failed run once by itself; a local comparison on the next command.
+    again = "they were tried twice" if options.storage else "run the same command again to retry them"
+    retry = f" {failures} failed: {again}." if failures else ""
     console.print(f"Trained {trained} of {len(jobs)} runs here.{retry}")
     extra = f", {out / 'statistics.json'}" if options.seeds > 1 else ""
     written = (
@@ -279,7 +290,7 @@ def _run_here(
         run_jobs(left, options.workers, timed, recorded)
     except KeyboardInterrupt:
         done = sum(1 for run in results.values() if not run.error)
-        console.print(f"{done} of {len(jobs)} runs are done.")
+        console.print(f"Stopped; {done} of {len(jobs)} runs are done. Run the same command again to go on.")
         raise
     return len(left)
 
@@ -313,6 +324,12 @@ def _run_shared(
 
     try:
         run_shared(shared, options.workers, train, counted)
+    except KeyboardInterrupt:
+        console.print(
+            "Stopped; the runs cut off are queued again in the study. Run the same command again to go on.",
+            markup=False,
+        )
+        raise
     finally:
         results.update(shared.results())
     return len(trained_here)

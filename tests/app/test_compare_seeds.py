@@ -353,7 +353,7 @@ def test_compare_over_seeds_writes_the_statistics_and_a_rerun_trains_only_what_i
     out = tmp_path / "out"
     result = _compare(mnist_dir, out)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count(": training ") == 4 and "Trained 4 of 4 runs." in result.stderr
+    assert result.stderr.count(": training ") == 4 and "Trained 4 of 4 runs here." in result.stderr
     runs = json.loads((out / "comparison.json").read_text())
     assert [(run["config"], run["seed"]) for run in runs] == [("adam", 0), ("adam", 1), ("sgd", 0), ("sgd", 1)]
     assert all(run["error"] is None and run["test_acc"] is not None for run in runs)
@@ -377,7 +377,7 @@ def test_compare_over_seeds_writes_the_statistics_and_a_rerun_trains_only_what_i
     summary.unlink()
     again = _compare(mnist_dir, out)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "3 of 4 runs already done" in again.stderr and "Trained 1 of 4 runs." in again.stderr
+    assert "3 of 4 runs already done" in again.stderr and "Trained 1 of 4 runs here." in again.stderr
     (training,) = [line for line in again.stderr.splitlines() if ": training " in line]
     assert training.startswith("[2/4] adam seed 1: training ")
     assert len(list((out / "adam" / "seed-1" / "fit").rglob("summary.json"))) == 1  # one run folder, not two
@@ -439,7 +439,7 @@ def test_a_comparison_stopped_by_sigterm_resumes_the_cut_off_run_from_its_last_c
     assert "Stopped; 1 of 3 runs are done. Run the same command again to go on." in stderr
     again = run_cli(*args, env={"OMP_NUM_THREADS": "1"})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "1 of 3 runs already done" in again.stderr and "Trained 2 of 3 runs." in again.stderr
+    assert "1 of 3 runs already done" in again.stderr and "Trained 2 of 3 runs here." in again.stderr
     assert "[2/3] adam seed 1: training " in again.stderr and " from its last.ckpt " in again.stderr
     assert "[3/3] adam seed 2: training " in again.stderr and again.stderr.count(" from its last.ckpt ") == 1
     for seed in range(3):
