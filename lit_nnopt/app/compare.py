@@ -202,7 +202,9 @@ def main(argv: list[str]) -> None:
     study = options.study or default_study(out)
     try:
         if options.tune:
-            configs = _tune_each(configs, names, options, study, out, overrides, console)
+            from lit_nnopt.app.tune import tune_each
+
+            configs = tune_each(configs, names, options, study, out, overrides, console)
         jobs = make_jobs(configs, names, options.seeds)
         environment = worker_environment(options.workers)
         results: dict[Job, Run] = {}
@@ -233,7 +235,9 @@ def main(argv: list[str]) -> None:
             )  # after every run: an interrupted comparison keeps it
 
         if options.storage:
-            trained = _run_shared(jobs, options, study, train, finished, results, console)
+            from lit_nnopt.app.compare_queue import run_on_storage
+
+            trained = run_on_storage(jobs, options, study, train, finished, results, console)
         else:
             trained = _run_here(jobs, options, out, overrides, train, finished, results, console)
     except KeyboardInterrupt as stop:
@@ -293,84 +297,6 @@ def _run_here(
         console.print(f"Stopped; {done} of {len(jobs)} runs are done. Run the same command again to go on.")
         raise
     return len(left)
-
-
-def _run_shared(
-    jobs: list[Job],
-    options: RunOptions,
-    study: str,
-    train: Callable[[Job, list[str]], Run],
-    finished: Callable[[Job, Run, float], None],
-    results: dict[Job, Run],
-    console: Any,
-) -> int:
-    """Train jobs of the study in ``--storage`` until none is left; ``results`` gets every machine's; how many here."""
-    from lit_nnopt.app.compare_queue import SharedRuns, run_shared
-    from lit_nnopt.app.studies import shown
-
-    shared = SharedRuns(options.storage, study, jobs, console)
-    results.update(shared.results())
-    console.print(
-        f"Study `{study}` in {shown(options.storage)}: {len(results)} of {len(jobs)} runs done; "
-        f"{options.workers} worker{'s' if options.workers > 1 else ''} on this machine.",
-        markup=False,
-        soft_wrap=True,
-    )
-    trained_here: list[Job] = []
-
-    def counted(job: Job, run: Run, seconds: float) -> None:
-        trained_here.append(job)
-        finished(job, run, seconds)
-
-    try:
-        run_shared(shared, options.workers, train, counted)
-    except KeyboardInterrupt:
-        console.print(
-            "Stopped; the runs cut off are queued again in the study. Run the same command again to go on.",
-            markup=False,
-        )
-        raise
-    finally:
-        results.update(shared.results())
-    return len(trained_here)
-
-
-def _tune_each(
-    configs: list[Path],
-    names: list[str],
-    options: RunOptions,
-    study: str,
-    out: Path,
-    overrides: list[str],
-    console: Any,
-) -> list[Path]:
-    """``--tune T``: tune each config with T trials (``DIR/tune/<name>/``); the best configs, in the same order."""
-    from lit_nnopt.app.tune import TuneOptions, run_search
-    from lit_nnopt.app.tune_results import BEST_CONFIG
-
-    trial_overrides = [
-        *overrides,
-        *(["--trainer.max_epochs", str(options.trial_epochs)] if options.trial_epochs else []),
-    ]
-    best: list[Path] = []
-    for config, name in zip(configs, names, strict=True):
-        space = config.parent / "spaces" / f"{config.stem}.yaml"
-        tuning = TuneOptions(
-            config=config,
-            space=space,
-            trials=options.tune,
-            out=out / "tune" / name,
-            storage=options.storage,
-            study=f"{study}-tune-{name}",
-            workers=options.workers,
-            overrides=trial_overrides,
-        )
-        console.rule(f"tune {name}: {options.tune} trials", style="dim")
-        run_search(tuning, console, f"(compare --tune) tune --config {config} --trials {options.tune}")
-        if not (tuning.out / BEST_CONFIG).is_file():
-            raise RuntimeError(f"tuning {config} gave no complete trial: see {tuning.out / 'tune.md'}")
-        best.append(tuning.out / BEST_CONFIG)
-    return best
 
 
 def _parse_or_exit(argv: list[str]) -> tuple[RunOptions, list[Path], Path, list[str], str | None]:

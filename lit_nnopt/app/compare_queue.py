@@ -22,7 +22,7 @@ from dataclasses import asdict
 from typing import Any
 
 from lit_nnopt.app.compare_results import Run
-from lit_nnopt.app.compare_runs import CHILDREN, CompareUsageError, Job, Stopped, sigterm_as_interrupt
+from lit_nnopt.app.compare_runs import CHILDREN, CompareUsageError, Job, RunOptions, Stopped, sigterm_as_interrupt
 from lit_nnopt.app.studies import HEARTBEAT_SECONDS, open_storage, shown
 
 # Runs of a job that failed (not those stopped or lost with their worker) before it is given up.
@@ -159,3 +159,40 @@ def run_shared(
             shared.stopping.set()
             CHILDREN.stop()
             raise
+
+
+def run_on_storage(
+    jobs: list[Job],
+    options: RunOptions,
+    study: str,
+    train: Callable[[Job, list[str]], Run],
+    finished: Callable[[Job, Run, float], None],
+    results: dict[Job, Run],
+    console: Any,
+) -> int:
+    """Train jobs of the study in ``--storage`` until none is left; ``results`` gets every machine's; how many here."""
+    shared = SharedRuns(options.storage, study, jobs, console)
+    results.update(shared.results())
+    console.print(
+        f"Study `{study}` in {shown(options.storage)}: {len(results)} of {len(jobs)} runs done; "
+        f"{options.workers} worker{'s' if options.workers > 1 else ''} on this machine.",
+        markup=False,
+        soft_wrap=True,
+    )
+    trained_here: list[Job] = []
+
+    def counted(job: Job, run: Run, seconds: float) -> None:
+        trained_here.append(job)
+        finished(job, run, seconds)
+
+    try:
+        run_shared(shared, options.workers, train, counted)
+    except KeyboardInterrupt:
+        console.print(
+            "Stopped; the runs cut off are queued again in the study. Run the same command again to go on.",
+            markup=False,
+        )
+        raise
+    finally:
+        results.update(shared.results())
+    return len(trained_here)

@@ -30,6 +30,7 @@ from typing import Any
 from lit_nnopt.app.compare_runs import (
     CHILDREN,
     CompareUsageError,
+    RunOptions,
     Stopped,
     Terminated,
     call_lit_nnopt,
@@ -377,3 +378,50 @@ def run_search(options: TuneOptions, console: Any, command: str) -> Search:
     finally:
         write_results(search, command)  # also after a stop or a failure: the study's finished trials so far
     return search
+
+
+def tune_each(
+    configs: list[Path],
+    names: list[str],
+    options: RunOptions,
+    study: str,
+    out: Path,
+    overrides: list[str],
+    console: Any,
+) -> list[Path]:
+    """``compare --tune T``: tune each config with T trials in ``DIR/tune/<name>/``; the best configs, in order.
+
+    Every search space is checked against its config before any search starts.
+
+    Raises:
+        SystemExit: 2 for a config without a search space, or one it cannot take (nothing trained).
+    """
+    from lit_nnopt.app.search_space import SearchSpaceError
+    from lit_nnopt.app.tune_results import BEST_CONFIG
+
+    trial_length = ["--trainer.max_epochs", str(options.trial_epochs)] if options.trial_epochs else []
+    searches = [
+        TuneOptions(
+            config=config,
+            space=config.parent / "spaces" / f"{config.stem}.yaml",
+            trials=options.tune,
+            out=out / "tune" / name,
+            storage=options.storage,
+            study=f"{study}-tune-{name}",
+            workers=options.workers,
+            overrides=[*overrides, *trial_length],
+        )
+        for config, name in zip(configs, names, strict=True)
+    ]
+    try:
+        for search in searches:
+            check_against_config(load_search_space(search.space), search.config, search.overrides, search.space)
+    except SearchSpaceError as error:
+        sys.stderr.write(f"lit_nnopt: error: {error} (compare --tune tunes each config over spaces/<name>.yaml.)\n")
+        raise SystemExit(2) from None
+    for search, name in zip(searches, names, strict=True):
+        console.rule(f"tune {name}: {search.trials} trials", style="dim")
+        run_search(search, console, f"(compare --tune) tune --config {search.config} --trials {search.trials}")
+        if not (search.out / BEST_CONFIG).is_file():
+            raise RuntimeError(f"tuning {search.config} gave no complete trial: see {search.out / 'tune.md'}")
+    return [search.out / BEST_CONFIG for search in searches]
