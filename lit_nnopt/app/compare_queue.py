@@ -17,12 +17,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from typing import Any
 
 from lit_nnopt.app.compare_results import Run
-from lit_nnopt.app.compare_runs import CHILDREN, CompareUsageError, Job, RunOptions, Stopped, sigterm_as_interrupt
+from lit_nnopt.app.compare_runs import CompareUsageError, Job, RunOptions, Stopped, run_workers
 from lit_nnopt.app.studies import HEARTBEAT_SECONDS, open_storage, shown
 
 # Runs of a job that failed (not those stopped or lost with their worker) before it is given up.
@@ -149,16 +148,7 @@ def run_shared(
     finished: Callable[[Job, Run, float], None],
 ) -> None:
     """``workers`` threads of :meth:`SharedRuns.work`; on Ctrl-C or SIGTERM, stop the runs and queue them again."""
-    CHILDREN.open()
-    with sigterm_as_interrupt(), ThreadPoolExecutor(workers, thread_name_prefix="compare") as pool:
-        running = [pool.submit(shared.work, train, finished) for _ in range(workers)]
-        try:
-            for worker in as_completed(running):
-                worker.result()
-        except BaseException:
-            shared.stopping.set()
-            CHILDREN.stop()
-            raise
+    run_workers(workers, lambda: shared.work(train, finished), shared.stopping)
 
 
 def run_on_storage(

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,17 +74,44 @@ _EXAMPLES = {
 }
 
 
-def _whole_number(option: str, value: str) -> int:
+def whole_number(option: str, value: str, example: str, default_means: str = "") -> int:
+    """``value`` of ``option`` as a whole number of 1 or more.
+
+    Raises:
+        CompareUsageError: naming the option, an ``example`` and what the default means.
+    """
     try:
         number = int(value)
     except ValueError:
         number = 0
     if number < 1:
         raise CompareUsageError(
-            f"`{option} {value}`: {option} takes a whole number of 1 or more, e.g. `{_EXAMPLES[option]}`. "
-            + _DEFAULT_MEANS[option]
+            f"`{option} {value}`: {option} takes a whole number of 1 or more, e.g. `{example}`. {default_means}".strip()
         )
     return number
+
+
+def take_options(argv: Sequence[str], examples: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The values of the options that ``examples`` names (``--name value`` or ``--name=value``); the rest as it was.
+
+    Raises:
+        CompareUsageError: for one of those options without a value, with its example.
+    """
+    values: dict[str, str] = {}
+    rest: list[str] = []
+    arguments = list(argv)
+    while arguments:
+        arg = arguments.pop(0)
+        option, equals, value = arg.partition("=")
+        if option not in examples:
+            rest.append(arg)
+            continue
+        if not equals:
+            value = arguments.pop(0) if arguments and not arguments[0].startswith("--") else ""
+        if not value:
+            raise CompareUsageError(f"`{option}` needs a value, e.g. `{examples[option]}`.")
+        values[option] = value
+    return values, rest
 
 
 def split_run_options(argv: Sequence[str]) -> tuple[RunOptions, list[str]]:
@@ -94,22 +121,9 @@ def split_run_options(argv: Sequence[str]) -> tuple[RunOptions, list[str]]:
         CompareUsageError: if a count (``--seeds``, ``--workers``, ``--tune``, ``--trial-epochs``) is
             not a whole number of 1 or more, or an option has no value.
     """
-    values: dict[str, str] = {}
-    rest: list[str] = []
-    arguments = list(argv)
-    while arguments:
-        arg = arguments.pop(0)
-        option, equals, value = arg.partition("=")
-        if option not in _EXAMPLES:
-            rest.append(arg)
-            continue
-        if not equals:
-            value = arguments.pop(0) if arguments and not arguments[0].startswith("--") else ""
-        if not value:
-            raise CompareUsageError(f"`{option}` needs a value, e.g. `{_EXAMPLES[option]}`.")
-        values[option] = value
+    values, rest = take_options(argv, _EXAMPLES)
     counts = {
-        option: _whole_number(option, values[option])
+        option: whole_number(option, values[option], _EXAMPLES[option], _DEFAULT_MEANS[option])
         for option in ("--seeds", "--workers", "--tune", "--trial-epochs")
         if option in values
     }
@@ -335,6 +349,24 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run_workers(count: int, work: Callable[[], None], stopping: threading.Event) -> None:
+    """``work`` on ``count`` threads until each returns; on Ctrl-C, SIGTERM or a worker's error, stop them all.
+
+    ``stopping`` is set and every running process stopped (:meth:`ChildProcesses.stop`), then
+    the exception goes on up (SIGTERM as :class:`Terminated`) once the threads have ended.
+    """
+    CHILDREN.open()
+    with sigterm_as_interrupt(), ThreadPoolExecutor(max_workers=count, thread_name_prefix="worker") as pool:
+        running = [pool.submit(work) for _ in range(count)]
+        try:
+            for worker in as_completed(running):
+                worker.result()
+        except BaseException:
+            stopping.set()
+            CHILDREN.stop()
+            raise
 
 
 def run_jobs(

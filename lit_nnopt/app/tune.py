@@ -22,20 +22,20 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lit_nnopt.app.compare_runs import (
-    CHILDREN,
     CompareUsageError,
     RunOptions,
     Stopped,
     Terminated,
     call_lit_nnopt,
     newest_summary,
-    sigterm_as_interrupt,
+    run_workers,
+    take_options,
+    whole_number,
     worker_environment,
 )
 from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT
@@ -76,7 +76,16 @@ best.yaml leaves them out.
 
 Example: python -m lit_nnopt tune --config configs/adam.yaml --trials 20 --trainer.max_epochs 5
 """
-_VALUE_OPTIONS = ("--config", "--space", "--trials", "--out", "--storage", "--study", "--workers", "--monitor")
+_EXAMPLES = {
+    "--config": "--config configs/adam.yaml",
+    "--space": "--space configs/spaces/adam.yaml",
+    "--trials": "--trials 20",
+    "--out": "--out runs/tune/adam",
+    "--storage": "--storage postgresql://USER:PASSWORD@HOST/DB",
+    "--study": "--study adam-lr",
+    "--workers": "--workers 2",
+    "--monitor": "--monitor val_acc",
+}
 
 
 @dataclass
@@ -100,20 +109,7 @@ def parse_args(argv: Sequence[str]) -> TuneOptions:
     Raises:
         CompareUsageError: for a missing config or space file, a value missing, or a count below 1.
     """
-    values: dict[str, str] = {}
-    overrides: list[str] = []
-    arguments = list(argv)
-    while arguments:
-        arg = arguments.pop(0)
-        option, equals, value = arg.partition("=")
-        if option not in _VALUE_OPTIONS:
-            overrides.append(arg)
-            continue
-        if not equals:
-            value = arguments.pop(0) if arguments and not arguments[0].startswith("--") else ""
-        if not value:
-            raise CompareUsageError(f"`{option}` needs a value; see `python -m lit_nnopt tune --help`.")
-        values[option] = value
+    values, overrides = take_options(argv, _EXAMPLES)
     if "--config" not in values:
         raise CompareUsageError(
             "tune needs `--config CONFIG`, e.g. `python -m lit_nnopt tune --config configs/sgd.yaml`."
@@ -130,24 +126,14 @@ def parse_args(argv: Sequence[str]) -> TuneOptions:
     return TuneOptions(
         config=config,
         space=space,
-        trials=_count("--trials", values.get("--trials", str(DEFAULT_TRIALS))),
+        trials=whole_number("--trials", values.get("--trials", str(DEFAULT_TRIALS)), _EXAMPLES["--trials"]),
         out=Path(values["--out"]) if "--out" in values else Path("runs/tune") / config.stem,
         storage=values.get("--storage"),
         study=values.get("--study") or config.stem,
-        workers=_count("--workers", values.get("--workers", "1")),
+        workers=whole_number("--workers", values.get("--workers", "1"), _EXAMPLES["--workers"]),
         monitor=values.get("--monitor", "val_acc"),
         overrides=overrides,
     )
-
-
-def _count(option: str, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise CompareUsageError(f"`{option} {value}`: {option} takes a whole number of 1 or more, e.g. `{option} 20`.")
-    return number
 
 
 class TrialFailed(Exception):
@@ -361,17 +347,8 @@ def run_search(options: TuneOptions, console: Any, command: str) -> Search:
         markup=False,
         soft_wrap=True,
     )
-    CHILDREN.open()
     try:
-        with sigterm_as_interrupt(), ThreadPoolExecutor(options.workers, thread_name_prefix="tune") as pool:
-            workers = [pool.submit(search.work) for _ in range(options.workers)]
-            try:
-                for worker in as_completed(workers):
-                    worker.result()
-            except BaseException:
-                search.stopping.set()
-                CHILDREN.stop()
-                raise
+        run_workers(options.workers, search.work, search.stopping)
     except KeyboardInterrupt:
         console.print("Stopped; run the same command again to go on with the study.", markup=False)
         raise

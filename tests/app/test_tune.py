@@ -220,8 +220,8 @@ def test_parse_args_defaults_follow_the_config_name(tmp_path: Path) -> None:
         (["--trials", "0"], r"`--trials 0`: --trials takes a whole number of 1 or more, e\.g\. `--trials 20`\.$"),
         (["--trials", "-3"], r"`--trials -3`: --trials takes a whole number of 1 or more"),
         (["--trials=many"], r"`--trials many`: --trials takes a whole number"),
-        (["--workers", "0"], r"`--workers 0`: --workers takes a whole number of 1 or more, e\.g\. `--workers 20`"),
-        (["--out", "--trials", "3"], r"^`--out` needs a value; see `python -m lit_nnopt tune --help`\.$"),
+        (["--workers", "0"], r"`--workers 0`: --workers takes a whole number of 1 or more, e\.g\. `--workers 2`"),
+        (["--out", "--trials", "3"], r"^`--out` needs a value, e\.g\. `--out runs/tune/adam`\.$"),
         (["--study="], r"^`--study` needs a value"),
     ],
 )
