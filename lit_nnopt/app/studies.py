@@ -75,7 +75,11 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
     optuna.logging.set_verbosity(logging.WARNING)  # a line per trial would bury lit_nnopt's own progress lines
     # The heartbeat's stale-trial check and the plots are marked experimental; they are what lit_nnopt uses them for.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    engine_kwargs = {"connect_args": {"timeout": _SQLITE_LOCK_TIMEOUT_SECONDS}} if url.startswith("sqlite") else {}
+    sqlite = url.startswith("sqlite")
+    engine_kwargs: dict[str, Any] = {}
+    if sqlite:
+        # pysqlite's own BEGIN is turned off: _read_under_the_write_lock begins every transaction instead.
+        engine_kwargs = {"connect_args": {"timeout": _SQLITE_LOCK_TIMEOUT_SECONDS, "isolation_level": None}}
     liveness: dict[str, Any] = {}
     if heartbeat:
         liveness = {
@@ -84,7 +88,7 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(),
         }
     try:
-        return optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **liveness)
+        storage = optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **liveness)
     except ImportError as error:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
         missing = error.name or getattr(error.__cause__, "name", None)
         driver = f"`{missing}`" if missing else "of its URL"
@@ -100,3 +104,18 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise StorageError(f"cannot reach the study storage {shown(url)}: {reason}. {_SERVER_HELP}") from None
+    if sqlite:
+        _read_under_the_write_lock(storage.engine)
+    return storage
+
+
+def _read_under_the_write_lock(engine: Any) -> None:
+    """Begin each transaction of ``engine`` (SQLite) with the database's write lock, ``BEGIN IMMEDIATE``.
+
+    Optuna takes a waiting trial by reading its state and writing RUNNING in one transaction, with
+    ``SELECT ... FOR UPDATE``, which SQLite ignores; pysqlite begins a transaction only at its
+    first write. Two workers could then both read the same trial as waiting and both take it.
+    """
+    from sqlalchemy import event
+
+    event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
