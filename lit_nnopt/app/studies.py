@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -88,7 +89,8 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(),
         }
     try:
-        storage = optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **liveness)
+        with _one_opener_at_a_time(url):
+            storage = optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **liveness)
     except ImportError as error:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
         missing = error.name or getattr(error.__cause__, "name", None)
         driver = f"`{missing}`" if missing else "of its URL"
@@ -107,6 +109,22 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
     if sqlite:
         _read_under_the_write_lock(storage.engine)
     return storage
+
+
+def _one_opener_at_a_time(url: str) -> AbstractContextManager[Any]:
+    """A lock file beside a SQLite database, held while Optuna opens it; no lock for another database.
+
+    Optuna creates a new database's tables one by one, each where it finds none: of two workers that
+    open a new SQLite file at once, one can find a table the other has just made ("table studies
+    already exists") and fail. Processes that share a SQLite file share its folder, and the lock.
+    """
+    from filelock import FileLock
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if not database or database == ":memory:" or not Path(database).parent.is_dir():
+        return nullcontext()
+    return FileLock(f"{database}.lock")
 
 
 def _read_under_the_write_lock(engine: Any) -> None:

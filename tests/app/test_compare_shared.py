@@ -121,6 +121,26 @@ def _trials(url: str, study: str = STUDY) -> list[tuple[str, str, int]]:
     ]
 
 
+def test_workers_that_open_a_new_sqlite_study_at_once_all_open_it(url: str) -> None:
+    start = threading.Barrier(4)
+    errors: list[str] = []
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            studies.open_storage(url)
+        except studies.StorageError as error:  # "table studies already exists": another made it meanwhile
+            errors.append(str(error))
+
+    workers = [threading.Thread(target=open_it) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert errors == []
+    optuna.create_study(study_name=STUDY, storage=studies.open_storage(url))  # the tables are whole
+
+
 def test_two_workers_on_a_sqlite_study_never_take_the_same_waiting_trial(url: str) -> None:
     study = optuna.create_study(study_name=STUDY, storage=studies.open_storage(url))
     for number in range(20):
