@@ -10,6 +10,8 @@ import torch
 
 from tests.helpers import SHARED_MNIST
 
+pytest_plugins = ["tests.helpers.postgres"]  # the postgres_url fixture: a throwaway PostgreSQL server
+
 # One intra-op thread per process: tests run several processes (DDP ranks, CLI subprocesses) on
 # a 2-core machine, and oversubscribed OpenMP threads spin; the small networks lose nothing.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
