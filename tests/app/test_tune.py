@@ -427,3 +427,39 @@ def test_a_monitor_the_model_does_not_log_is_named_with_those_it_does(tmp_path: 
     trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[report])
     with pytest.raises(ValueError, match=r"cannot find `val_acc` among the logged metrics \(val_loss\): tune's"):
         trainer.fit(ScriptedMetricModel([0.5, 0.5]))
+
+
+# -- the files of a search -----------------------------------------------------------------------
+
+
+def test_a_search_without_a_complete_trial_writes_its_table_and_report_and_no_best_config(tmp_path: Path) -> None:
+    from lit_nnopt.app.tune_results import write_results
+
+    space = _space(tmp_path, "optimizer.lr: {low: 1.0e-3, high: 0.1, log: true}\n")
+    options = parse_args(["--config", str(CONFIGS / "sgd.yaml"), "--space", str(space), "--out", str(tmp_path / "o")])
+    printed = io.StringIO()
+    search = Search(options, load_search_space(space), Console(file=printed, width=200))
+    distributions = {"optimizer.lr": FloatDistribution(1.0e-3, 0.1, log=True)}
+    pruned = optuna.trial.create_trial(
+        state=TrialState.PRUNED,
+        params={"optimizer.lr": 0.002},
+        distributions=distributions,
+        value=0.4,  # as Optuna records a pruned trial: its last reported score
+        intermediate_values={0: 0.3, 1: 0.4},
+        user_attrs={"epochs_run": 2, PRUNED_AT_EPOCH: 1, "folder": "o/trials/0000"},
+    )
+    search.study.add_trial(pruned)
+    search.study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"folder": "o/trials/0001"}))
+    write_results(search, "python -m lit_nnopt tune --config configs/sgd.yaml")
+    out = tmp_path / "o"
+    assert (out / "trials.csv").read_text().splitlines() == [
+        "study,trial,state,val_acc,optimizer.lr,epochs_run,pruned_at_epoch,seconds,folder",
+        "sgd,0,PRUNED,0.4,0.002,2,1,,o/trials/0000",
+        "sgd,1,FAIL,,,,,,o/trials/0001",
+    ]
+    report = (out / "tune.md").read_text()
+    assert "- Command: `python -m lit_nnopt tune --config configs/sgd.yaml`" in report
+    assert f"- Trials: 0 complete, 1 pruned, 1 failed (of {DEFAULT_TRIALS} asked)" in report
+    assert "- Best" not in report and "![" not in report
+    assert not any((out / name).exists() for name in ("best.yaml", "history.png", "importance.png"))
+    assert printed.getvalue().startswith("0 complete trials, 1 pruned, 1 failed.\n")
