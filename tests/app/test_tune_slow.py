@@ -39,13 +39,20 @@ def _short_trials(mnist_dir: Path, epochs: int, train_batches: int | None = 50) 
     ]
 
 
-def _study(out: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+def _trials(out: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}").get_trials()
+
+
+def _trained(out: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The trials of study ``name`` that ran a ``fit`` (each has its folder), leaving out any that two workers
+    asked for at once beyond ``--trials`` and that ended before they trained."""
+    return [trial for trial in _trials(out, name) if "folder" in trial.user_attrs]
 
 
 def _table(out: Path) -> list[dict[str, str]]:
+    """The rows of ``trials.csv`` of trials that ran a ``fit``."""
     with (out / "trials.csv").open(newline="") as stream:
-        return list(csv.DictReader(stream))
+        return [row for row in csv.DictReader(stream) if row["folder"]]
 
 
 def _summaries(folder: Path) -> list[dict]:
@@ -64,7 +71,7 @@ def test_a_search_writes_its_study_table_report_plots_and_a_best_config_that_fit
     url = f"sqlite:///{out.resolve() / 'study.db'}"
     assert f"Study `momentum` in {url}: 0 of 3 trials done; 2 workers on this machine." in result.stderr
 
-    trials = _study(out, "momentum").get_trials()
+    trials = _trained(out, "momentum")
     assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 3
     for trial in trials:
         folder = out / "trials" / f"{trial.number:04d}"
@@ -105,7 +112,7 @@ def test_a_search_writes_its_study_table_report_plots_and_a_best_config_that_fit
     again = run_cli(*args, env=THREADS)  # the study has its trials: nothing more to train
     assert again.returncode == 0, again.stderr[-3000:]
     assert "3 of 3 trials done" in again.stderr and "trial 3" not in again.stderr
-    assert len(_study(out, "momentum").get_trials()) == 3
+    assert len(_trained(out, "momentum")) == 3
 
     root = tmp_path / "best_fit"
     trained = run_cli(
@@ -139,7 +146,7 @@ def test_a_trial_below_the_median_is_pruned_once_the_startup_trials_have_complet
     result = run_cli(*args, *_short_trials(mnist_dir, epochs=3), env=THREADS)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    trials = _study(out, "sgd").get_trials()
+    trials = _trained(out, "sgd")
     assert [trial.params["optimizer.lr"] for trial in trials] == rates
     assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 6 + [TrialState.PRUNED]
     first, pruned = trials[0], trials[6]
@@ -193,7 +200,7 @@ def test_a_search_stopped_by_sigterm_resumes_its_cut_off_trial_from_its_last_che
     assert search.returncode == 143, stderr[-3000:]
     assert "Stopped; run the same command again to go on with the study." in stderr
 
-    trials = _study(out, "sgd").get_trials()
+    trials = _trials(out, "sgd")
     assert [trial.state for trial in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     cut_off, queued = trials[1], trials[2]
     assert queued.user_attrs == {"retry_of": 1, "resume_folder": str(out / "trials" / "0001")}
@@ -214,7 +221,7 @@ def test_a_search_stopped_by_sigterm_resumes_its_cut_off_trial_from_its_last_che
     assert "1 of 3 trials done" in stderr
     assert f"trial 2: optimizer.lr={cut_off.params['optimizer.lr']:.4g} (resumed)" in stderr
     assert stderr.count("(resumed)") == 1
-    trials = _study(out, "sgd").get_trials()
+    trials = _trials(out, "sgd")
     states = [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert [trial.state for trial in trials] == states
     assert trials[2].params == cut_off.params and trials[2].user_attrs["folder"] == str(out / "trials" / "0001")
