@@ -87,15 +87,37 @@ def load_search_space(path: Path) -> list[Dimension]:
             f"search space {path} not found: give a YAML file of `option: range` lines, e.g. `{_EXAMPLE}` "
             "(configs/spaces/ holds one per technique)."
         )
+    text = path.read_text()
     try:
-        content = yaml.safe_load(path.read_text())
+        content = yaml.safe_load(text)
+        repeated = _repeated_key(yaml.compose(text))
     except yaml.YAMLError as error:
         raise SearchSpaceError(f"search space {path} is not valid YAML: {_yaml_problem(error)}.") from None
     if not isinstance(content, dict) or not content:
         raise SearchSpaceError(
             f"search space {path} names no option: it is a mapping of `fit` options to ranges, e.g. `{_EXAMPLE}`."
         )
+    if repeated is not None:
+        # YAML would keep the last range and drop the other without a word.
+        key, line = repeated
+        raise SearchSpaceError(f"search space {path} names `{key}` twice (again on line {line}): keep one of them.")
     return [_dimension(path, str(option), value) for option, value in content.items()]
+
+
+def _repeated_key(node: Any) -> tuple[str, int] | None:
+    """The first key written twice in one mapping of a composed YAML ``node``, with the line of its repeat."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if key.value in seen:
+                return key.value, key.start_mark.line + 1
+            seen.add(key.value)
+            found = _repeated_key(value)
+            if found is not None:
+                return found
+    return None
 
 
 def _yaml_problem(error: Exception) -> str:

@@ -117,6 +117,16 @@ def test_invalid_yaml_says_where_in_the_file(tmp_path: Path) -> None:
         load_search_space(path)
 
 
+def test_an_option_or_a_range_key_written_twice_is_refused(tmp_path: Path) -> None:
+    path = _space(tmp_path, "optimizer.lr: {low: 1.0e-4, high: 1.0e-1}\noptimizer.lr: {low: 0.5, high: 0.9}\n")
+    with pytest.raises(SearchSpaceError) as refused:
+        load_search_space(path)
+    assert str(refused.value) == f"search space {path} names `optimizer.lr` twice (again on line 2): keep one of them."
+    path = _space(tmp_path, "data.batch_size:\n  low: 32\n  high: 256\n  low: 64\n")
+    with pytest.raises(SearchSpaceError, match=r"names `low` twice \(again on line 4\)"):
+        load_search_space(path)
+
+
 def test_a_missing_space_file_is_refused_with_an_example(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.yaml"
     with pytest.raises(SearchSpaceError) as refused:
