@@ -48,6 +48,7 @@ from lit_nnopt.app.run_placement import place_run, resume_ckpt_path
 from lit_nnopt.app.runs import resume_command, test_command
 from lit_nnopt.app.schedule_length import ScheduleLength
 from lit_nnopt.app.study_membership import StudyMembership
+from lit_nnopt.app.trial_report import TrialReport
 from lit_nnopt.callbacks import InterruptCheckpoint, NaNGuard
 from lit_nnopt.checkpoint_io import AtomicCheckpointIO
 from lit_nnopt.data import MNISTDataModule
@@ -59,7 +60,8 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
 
     A progress bar, a model summary, an LR monitor, the run summary, the pictures, the interrupt
     checkpoint, the prediction CSV and the check of a fixed-length schedule against the run; and,
-    in a trial of ``tune`` or a seed of ``compare``, the study's name for every logger.
+    in a trial of ``tune`` or a seed of ``compare``, the study's name for every logger (and, in a
+    trial, its report to the study).
     """
     given = list(trainer_config.get("callbacks") or [])
     defaults: list[Callback] = []
@@ -82,6 +84,9 @@ def default_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
     membership = StudyMembership.from_environment()
     if membership is not None and not _has(given, StudyMembership):
         defaults.append(membership)
+    report = TrialReport.from_environment()
+    if report is not None and not _has(given, TrialReport):
+        defaults.append(report)
     return given + defaults
 
 

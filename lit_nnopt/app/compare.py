@@ -237,7 +237,7 @@ def main(argv: list[str]) -> None:
         if options.storage:
             from lit_nnopt.app.compare_queue import run_on_storage
 
-            trained = run_on_storage(jobs, options, study, train, finished, results, console)
+            trained = run_on_storage(jobs, options, study, overrides, train, finished, results, console)
         else:
             trained = _run_here(jobs, options, out, overrides, train, finished, results, console)
     except KeyboardInterrupt as stop:

@@ -13,6 +13,8 @@ queued once more; a run stopped by Ctrl-C or SIGTERM is queued again and resumes
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import threading
 import time
@@ -21,12 +23,19 @@ from dataclasses import asdict
 from typing import Any
 
 from lit_nnopt.app.compare_results import Run
-from lit_nnopt.app.compare_runs import CompareUsageError, Job, RunOptions, Stopped, run_workers
-from lit_nnopt.app.studies import HEARTBEAT_SECONDS, open_storage, shown
+from lit_nnopt.app.compare_runs import CompareUsageError, Job, RunOptions, Stopped, comparable_overrides, run_workers
+from lit_nnopt.app.studies import GRACE_SECONDS, HEARTBEAT_SECONDS, open_storage, shown
+from lit_nnopt.app.study_trials import TrialGivenUp, run_trial
 
 # Runs of a job that failed (not those stopped or lost with their worker) before it is given up.
 MAX_ATTEMPTS = 2
 _ALL_QUEUED = "all_jobs_queued"
+
+
+def job_fingerprint(job: Job, overrides: Sequence[str]) -> str:
+    """The config's content, the seed and the training overrides of ``job``, as one short digest."""
+    content = hashlib.sha256(job.config.read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps([content, job.seed, comparable_overrides(overrides)]).encode()).hexdigest()[:16]
 
 
 def job_id(job: Job) -> str:
@@ -34,7 +43,7 @@ def job_id(job: Job) -> str:
     return f"{job.name}#{job.seed}"
 
 
-class JobFailed(Exception):
+class JobFailed(TrialGivenUp):
     """A job's run failed: its trial fails, and the job is queued once more."""
 
 
@@ -45,24 +54,30 @@ class JobStopped(Exception):
 class SharedRuns:
     """The jobs of one comparison in a study of ``url``, and this machine's workers on them."""
 
-    def __init__(self, url: str, study_name: str, jobs: Sequence[Job], console: Any) -> None:
+    def __init__(
+        self, url: str, study_name: str, jobs: Sequence[Job], console: Any, overrides: Sequence[str] = ()
+    ) -> None:
         import optuna
 
         self.url = url
         self.jobs = {job_id(job): job for job in jobs}
+        # What makes two machines' jobs the same runs: each config's content, seed and the overrides that
+        # change training (not where each machine keeps MNIST).
+        self.fingerprints = {job_id(job): job_fingerprint(job, overrides) for job in jobs}
         self.console = console
         self.stopping = threading.Event()
-        storage = open_storage(url)
+        self._finished_lock = threading.Lock()
+        self.storage = open_storage(url)
         try:
-            self.study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+            self.study = optuna.create_study(study_name=study_name, storage=self.storage, direction="maximize")
             created = True
         except optuna.exceptions.DuplicatedStudyError:
-            self.study = optuna.load_study(study_name=study_name, storage=storage)
+            self.study = optuna.load_study(study_name=study_name, storage=self.storage)
             created = False
         if created:
             for name in self.jobs:
                 self.study.enqueue_trial({}, user_attrs={"job": name, "attempt": 1})
-            self.study.set_user_attr(_ALL_QUEUED, sorted(self.jobs))
+            self.study.set_user_attr(_ALL_QUEUED, self.fingerprints)
         self._check_same_jobs(study_name)
 
     def _check_same_jobs(self, study_name: str) -> None:
@@ -77,11 +92,13 @@ class SharedRuns:
                 f"study `{study_name}` in {shown(self.url)} has no queued runs after a minute: the `compare` that "
                 "created it stopped while queueing them. Give this comparison another `--study NAME`."
             )
-        if queued != sorted(self.jobs):
+        if queued != self.fingerprints:
+            names = sorted(set(queued) | set(self.fingerprints))
+            differ = ", ".join(name for name in names if queued.get(name) != self.fingerprints.get(name))
             raise CompareUsageError(
-                f"study `{study_name}` in {shown(self.url)} holds another comparison's runs ({', '.join(queued)}); "
-                f"this command's are {', '.join(sorted(self.jobs))}. Run the same configs and --seeds on every "
-                "machine, or give this comparison its own `--study NAME`."
+                f"study `{study_name}` in {shown(self.url)} holds another comparison's runs: {differ} differ (a "
+                "config, a seed or an override that changes training is not the same). Run the same configs, "
+                "--seeds and overrides on every machine, or give this comparison its own `--study NAME`."
             )
 
     def results(self) -> dict[Job, Run]:
@@ -104,7 +121,17 @@ class SharedRuns:
             optuna.storages.fail_stale_trials(self.study)  # a dead worker's job is queued again
             states = [trial.state.name for trial in self.study.get_trials(deepcopy=False)]
             if "WAITING" in states:
-                self.study.optimize(objective, n_trials=1, catch=(JobFailed,))
+                trial = self.study.ask()
+                if trial.user_attrs.get("job") not in self.jobs:  # another worker took the last waiting job first
+                    trial.set_user_attr("no_job_left", True)
+                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                elif run_trial(self.study, self.storage, objective, trial) == "TAKEN OVER":
+                    self.console.print(
+                        f"{self.jobs[trial.user_attrs['job']].label()}: the study gave its run here up (no heartbeat "
+                        f"for {GRACE_SECONDS} s) and queued it again; its result here is dropped.",
+                        markup=False,
+                        soft_wrap=True,
+                    )
             elif "RUNNING" in states:  # running elsewhere: if that worker dies, its job comes back as waiting
                 time.sleep(HEARTBEAT_SECONDS)
             else:
@@ -113,22 +140,21 @@ class SharedRuns:
     def _run(
         self, trial: Any, train: Callable[[Job, list[str]], Run], finished: Callable[[Job, Run, float], None]
     ) -> float:
-        job = self.jobs.get(trial.user_attrs.get("job", ""))
-        if job is None:  # another worker took the last waiting job between our look and our take
-            raise JobFailed("no job left")
+        job = self.jobs[trial.user_attrs["job"]]
         resume_here = trial.user_attrs.get("resume_on") == socket.gethostname()
         started = time.perf_counter()
         try:
             run = train(job, ["--ckpt_path", "last"] if resume_here else [])
-        except Stopped:
-            self._queue_again(trial, job, resume=False)
+        except Stopped:  # the comparison was stopped before this run started
+            self._queue_again(trial, job, resume=resume_here)
             raise JobStopped(job.label()) from None
         if self.stopping.is_set():  # its process was stopped with the comparison: it saved a last.ckpt
             self._queue_again(trial, job, resume=True)
             raise JobStopped(job.label())
         trial.set_user_attr("run", asdict(run))
         trial.set_user_attr("host", socket.gethostname())
-        finished(job, run, time.perf_counter() - started)
+        with self._finished_lock:  # one run's files at a time: each rewrites the comparison's table
+            finished(job, run, time.perf_counter() - started)
         if run.error and trial.user_attrs.get("attempt", 1) < MAX_ATTEMPTS:
             self._queue_again(trial, job, resume=False, attempt=trial.user_attrs.get("attempt", 1) + 1)
             raise JobFailed(run.error)
@@ -155,13 +181,14 @@ def run_on_storage(
     jobs: list[Job],
     options: RunOptions,
     study: str,
+    overrides: list[str],
     train: Callable[[Job, list[str]], Run],
     finished: Callable[[Job, Run, float], None],
     results: dict[Job, Run],
     console: Any,
 ) -> int:
     """Train jobs of the study in ``--storage`` until none is left; ``results`` gets every machine's; how many here."""
-    shared = SharedRuns(options.storage, study, jobs, console)
+    shared = SharedRuns(options.storage, study, jobs, console, overrides)
     results.update(shared.results())
     console.print(
         f"Study `{study}` in {shown(options.storage)}: {len(results)} of {len(jobs)} runs done; "
@@ -169,10 +196,10 @@ def run_on_storage(
         markup=False,
         soft_wrap=True,
     )
-    trained_here: list[Job] = []
+    trained_here: set[Job] = set()
 
     def counted(job: Job, run: Run, seconds: float) -> None:
-        trained_here.append(job)
+        trained_here.add(job)
         finished(job, run, seconds)
 
     try:

@@ -91,6 +91,26 @@ def whole_number(option: str, value: str, example: str, default_means: str = "")
     return number
 
 
+# Options that say where this machine keeps things, not how a run trains: two machines may differ in them.
+_PLACE_OPTIONS = ("--data.data_dir", "--trainer.default_root_dir")
+
+
+def comparable_overrides(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` without the options that only place files (``--data.data_dir X``, ``--data.data_dir=X``)."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in overrides:
+        if skip_value:
+            skip_value = False
+            continue
+        option, equals, _ = arg.partition("=")
+        if option in _PLACE_OPTIONS:
+            skip_value = not equals
+            continue
+        kept.append(arg)
+    return kept
+
+
 def take_options(argv: Sequence[str], examples: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     """The values of the options that ``examples`` names (``--name value`` or ``--name=value``); the rest as it was.
 

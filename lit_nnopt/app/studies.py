@@ -76,6 +76,8 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
     optuna.logging.set_verbosity(logging.WARNING)  # a line per trial would bury lit_nnopt's own progress lines
     # The heartbeat's stale-trial check and the plots are marked experimental; they are what lit_nnopt uses them for.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # `ask` says so to a study with a heartbeat; lit_nnopt's workers beat themselves (study_trials.run_trial).
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     sqlite = url.startswith("sqlite")
     engine_kwargs: dict[str, Any] = {}
     if sqlite:

@@ -1,6 +1,7 @@
 """The callback that ties a ``tune`` trial's ``fit`` to its Optuna study.
 
-``tune`` runs each trial as ``python -m lit_nnopt fit ... --trainer.callbacks+=TrialReport``.
+``tune`` runs each trial as ``python -m lit_nnopt fit ...`` with ``LIT_NNOPT_TRIAL`` in its
+environment, and the CLI adds a ``TrialReport`` to such a fit.
 After each validation the callback writes the monitored score into the trial, as the
 study's intermediate value for that epoch, and asks the study's pruner whether the trial is
 hopeless compared with the other trials at the same epoch; if so it marks the trial
@@ -10,6 +11,9 @@ counts as running: its ``tune`` worker died and another worker has taken the tri
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
@@ -17,6 +21,9 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 PRUNED_AT_EPOCH = "pruned_at_epoch"
+# How ``tune`` hands a trial's fit its study: in the environment, so that the storage URL (and
+# its password) stays out of the fit's command line, its saved config and the commands it prints.
+TRIAL_ENV = "LIT_NNOPT_TRIAL"
 
 
 class TrialReport(Callback):
@@ -49,6 +56,24 @@ class TrialReport(Callback):
         self._storage: Any = None
         self._study: Any = None
         self._trial_id: int | None = None
+
+    def environment(self) -> dict[str, str]:
+        """The environment variable that makes a ``fit`` process report to this trial (see :meth:`from_environment`)."""
+        settings = {
+            "storage": self.storage_url,
+            "study": self.study_name,
+            "trial": self.trial_number,
+            "monitor": self.monitor,
+            "startup_trials": self.startup_trials,
+            "warmup_epochs": self.warmup_epochs,
+        }
+        return {TRIAL_ENV: json.dumps(settings)}
+
+    @classmethod
+    def from_environment(cls, environment: Mapping[str, str] | None = None) -> TrialReport | None:
+        """The report that ``LIT_NNOPT_TRIAL`` describes, or None in a ``fit`` that is no trial of ``tune``."""
+        settings = (os.environ if environment is None else environment).get(TRIAL_ENV)
+        return cls(**json.loads(settings)) if settings else None
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

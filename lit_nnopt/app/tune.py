@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from lit_nnopt.app.compare_runs import (
     Stopped,
     Terminated,
     call_lit_nnopt,
+    comparable_overrides,
     newest_summary,
     run_workers,
     take_options,
@@ -40,9 +42,10 @@ from lit_nnopt.app.compare_runs import (
 )
 from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT
 from lit_nnopt.app.search_space import Dimension, check_against_config, load_search_space, option_args
-from lit_nnopt.app.studies import HEARTBEAT_SECONDS, open_storage, shown, storage_url
+from lit_nnopt.app.studies import GRACE_SECONDS, HEARTBEAT_SECONDS, open_storage, shown, storage_url
 from lit_nnopt.app.study_membership import membership_environment
-from lit_nnopt.app.trial_report import PRUNED_AT_EPOCH
+from lit_nnopt.app.study_trials import TrialGivenUp, run_trial, trial_id
+from lit_nnopt.app.trial_report import PRUNED_AT_EPOCH, TrialReport
 
 DEFAULT_TRIALS = 20
 # Trials of random search before TPE models the results, and before the pruner compares trials.
@@ -136,7 +139,7 @@ def parse_args(argv: Sequence[str]) -> TuneOptions:
     )
 
 
-class TrialFailed(Exception):
+class TrialFailed(TrialGivenUp):
     """A trial's ``fit`` crashed: the trial fails (it does not count towards ``--trials``) and the search goes on."""
 
 
@@ -171,7 +174,7 @@ class Search:
         identity = {
             "config": _digest(self.options.config),
             "space": _digest(self.options.space),
-            "overrides": self.options.overrides,
+            "overrides": comparable_overrides(self.options.overrides),
             "monitor": self.options.monitor,
         }
         recorded = self.study.user_attrs.get("search")
@@ -199,14 +202,25 @@ class Search:
 
         while not self.stopping.is_set():
             optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial is queued again
-            counts = self.counts()
-            finished, running = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0), counts.get("RUNNING", 0)
-            if finished >= self.options.trials:
-                return
-            if finished + running >= self.options.trials:  # the last trials are running elsewhere: wait for them
-                time.sleep(HEARTBEAT_SECONDS)
+            if self._finished_and_running(None) >= self.options.trials:
+                if self._finished_and_running(None, running=False) >= self.options.trials:
+                    return
+                time.sleep(HEARTBEAT_SECONDS)  # the last trials run elsewhere: if their worker dies, one comes back
                 continue
-            self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed,))
+            trial = self.study.ask()  # a queued trial (stopped, or a dead worker's) first
+            if self._finished_and_running(trial.number) >= self.options.trials:
+                # Another worker took the last trial of the budget between our count and our ask.
+                trial.set_user_attr("over_budget", True)
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            outcome = run_trial(self.study, self.storage, self.objective, trial)
+            if outcome == "TAKEN OVER":
+                self.console.print(
+                    f"trial {trial.number}: the study gave it up while it ran here (no heartbeat for "
+                    f"{GRACE_SECONDS} s) and queued it again; its result here is dropped.",
+                    markup=False,
+                    soft_wrap=True,
+                )
             with self._lock:
                 if self._failures_in_row >= MAX_FAILURES_IN_A_ROW:
                     raise TrialFailed(
@@ -215,43 +229,47 @@ class Search:
                         "run the same command again: finished trials are kept."
                     )
 
+    def _finished_and_running(self, before: int | None, running: bool = True) -> int:
+        """The study's complete and pruned trials, and with ``running`` its running ones numbered below ``before``."""
+        counted = ("COMPLETE", "PRUNED", "RUNNING") if running else ("COMPLETE", "PRUNED")
+        return sum(
+            1
+            for trial in self.study.get_trials(deepcopy=False)
+            if trial.state.name in counted
+            and (trial.state.name != "RUNNING" or before is None or trial.number < before)
+        )
+
     def objective(self, trial: Any) -> float:
         """Train one trial; its best ``--monitor``, or ``TrialPruned``."""
         import optuna
 
-        if self.stopping.is_set():
-            raise Stopped
         params = {dimension.option: dimension.suggest(trial) for dimension in self.dimensions}
-        resume_folder = trial.user_attrs.get("resume_folder")
+        here = trial.user_attrs.get("resume_on") == socket.gethostname()
+        resume_folder = trial.user_attrs.get("resume_folder") if here else None
         folder = Path(resume_folder) if resume_folder else self.out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("folder", str(folder))
+        trial.set_user_attr(PRUNED_AT_EPOCH, None)  # a queued copy inherits the attributes of the trial it repeats
         resuming = resume_folder is not None and any((folder / "fit").rglob("last*.ckpt"))
-        report = [
-            "--trainer.callbacks+=lit_nnopt.app.trial_report.TrialReport",
-            f"--trainer.callbacks.storage={self.url}",
-            f"--trainer.callbacks.study={self.options.study}",
-            f"--trainer.callbacks.trial={trial.number}",
-            f"--trainer.callbacks.monitor={self.options.monitor}",
-            f"--trainer.callbacks.startup_trials={STARTUP_TRIALS}",
-        ]
-        fit = ["fit", "--config", str(self.options.config), *self.options.overrides, *option_args(params), *report]
+        fit = ["fit", "--config", str(self.options.config), *self.options.overrides, *option_args(params)]
         placement = ["--trainer.default_root_dir", str(folder / "fit")]
         label = f"trial {trial.number}"
         shown_params = ", ".join(f"{name}={_short(value)}" for name, value in params.items())
         self.console.print(f"{label}: {shown_params}{' (resumed)' if resuming else ''}", markup=False, soft_wrap=True)
+        report = TrialReport(self.url, self.options.study, trial.number, self.options.monitor, STARTUP_TRIALS)
+        environment = {**membership_environment(self.environment, self.options.study, label), **report.environment()}
         started = time.time()
         try:
             code, message = call_lit_nnopt(
-                [*fit, *(["--ckpt_path", "last"] if resuming else []), *placement],
-                folder / "fit.log",
-                membership_environment(self.environment, self.options.study, label),
+                [*fit, *(["--ckpt_path", "last"] if resuming else []), *placement], folder / "fit.log", environment
             )
-        except Stopped:
-            self._requeue(trial, None)
+        except Stopped:  # the search was stopped before this trial's fit started
+            self._requeue(trial, resume_folder and Path(resume_folder))
             raise TrialInterrupted(label) from None
-        if code in _INTERRUPTED_EXITS or self.stopping.is_set():
+        if self.stopping.is_set():
             self._requeue(trial, folder)
             raise TrialInterrupted(label)
+        if code in _INTERRUPTED_EXITS:
+            self._failed(f"{label}: its fit was stopped from outside (exit {code}) [log: {folder / 'fit.log'}]")
         summary = newest_summary(folder / "fit", started)
         score = (summary or {}).get("best", {}).get(self.options.monitor)
         if summary is None or code not in (0, DID_NOT_LEARN_EXIT):
@@ -278,15 +296,14 @@ class Search:
 
     def _pruned_at(self, number: int) -> int | None:
         """The epoch after which the trial's ``fit`` was pruned, as its :class:`TrialReport` wrote it."""
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
-            self.storage.get_study_id_from_name(self.options.study), number
+        return self.storage.get_trial(trial_id(self.storage, self.options.study, number)).user_attrs.get(
+            PRUNED_AT_EPOCH
         )
-        return self.storage.get_trial(trial_id).user_attrs.get(PRUNED_AT_EPOCH)
 
     def _requeue(self, trial: Any, folder: Path | None) -> None:
-        """Queue the trial's parameters again; it resumes from ``folder``'s last.ckpt where there is one."""
-        user_attrs = {"retry_of": trial.number, **({"resume_folder": str(folder)} if folder else {})}
-        self.study.enqueue_trial(trial.params, user_attrs=user_attrs)
+        """Queue the trial's parameters again; on this machine it resumes from ``folder``'s last.ckpt, if any."""
+        resume = {"resume_folder": str(folder), "resume_on": socket.gethostname()} if folder else {}
+        self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **resume})
 
 
 def _digest(path: Path) -> str:

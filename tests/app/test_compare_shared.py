@@ -84,6 +84,9 @@ def test_the_default_study_is_named_after_the_output_folder(tmp_path: Path, monk
 
 
 def _jobs(*names: str, seeds: int = 2) -> list[Job]:
+    """Jobs of configs named ``names`` in the working folder (the ``url`` fixture's): a study fingerprints their content."""
+    for name in names:
+        Path(f"{name}.yaml").write_text(f"# {name}\n")
     return [Job(name, Path(f"{name}.yaml"), seed) for name in names for seed in range(seeds)]
 
 
@@ -95,6 +98,7 @@ def _shared(url: str, jobs: list[Job], study: str = STUDY) -> SharedRuns:
 def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     # A worker that finds the last jobs running elsewhere waits this long before it looks again.
     monkeypatch.setattr(compare_queue, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.chdir(tmp_path)
     return f"sqlite:///{tmp_path / 's.db'}"
 
 
@@ -193,12 +197,20 @@ def test_a_study_of_another_comparison_is_refused(url: str) -> None:
     with pytest.raises(CompareUsageError) as refused:
         _shared(url, _jobs("sgd", "momentum"))
     assert str(refused.value) == (
-        f"study `{STUDY}` in {url} holds another comparison's runs (adam#0, adam#1, sgd#0, sgd#1); this command's "
-        "are momentum#0, momentum#1, sgd#0, sgd#1. Run the same configs and --seeds on every machine, or give this "
-        "comparison its own `--study NAME`."
+        f"study `{STUDY}` in {url} holds another comparison's runs: adam#0, adam#1, momentum#0, momentum#1 differ "
+        "(a config, a seed or an override that changes training is not the same). Run the same configs, --seeds "
+        "and overrides on every machine, or give this comparison its own `--study NAME`."
     )
-    with pytest.raises(CompareUsageError, match="holds another comparison's runs"):
+    with pytest.raises(CompareUsageError, match="holds another comparison's runs: adam#2, sgd#2 differ"):
         _shared(url, _jobs("sgd", "adam", seeds=3))  # more seeds: other jobs too
+    Path("adam.yaml").write_text("# adam, edited\n")
+    with pytest.raises(CompareUsageError, match="runs: adam#0, adam#1 differ"):
+        _shared(url, _jobs("sgd") + [Job("adam", Path("adam.yaml"), seed) for seed in range(2)])  # a config edited
+    with pytest.raises(CompareUsageError, match="runs: adam#0, adam#1, sgd#0, sgd#1 differ"):
+        SharedRuns(url, STUDY, _jobs("sgd", "adam"), Console(file=io.StringIO()), ["--trainer.max_epochs", "5"])
+    where = ["--data.data_dir", "/elsewhere/mnist", "--trainer.default_root_dir=/scratch"]
+    _shared_with = SharedRuns(url, STUDY, _jobs("sgd", "adam"), Console(file=io.StringIO()), where)
+    assert len(_shared_with.jobs) == 4  # where a machine keeps MNIST and its runs is no difference
     assert len(_trials(url)) == 4  # nothing of the refused comparisons was queued
 
 
