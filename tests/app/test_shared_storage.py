@@ -49,17 +49,18 @@ def test_unreachable_postgres_is_one_paragraph_naming_the_url_and_the_server_to_
 
 def _tune(url: str, out: Path, mnist_dir: Path, log: Path) -> subprocess.Popen:
     """A ``tune`` worker of the study in ``url``, with its own output folder, as on a machine of its own."""
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "lit_nnopt", "tune", "--config", str(CONFIGS / "sgd.yaml")),
-            *("--trials", str(TRIALS), "--storage", url, "--study", STUDY, "--out", str(out)),
-            *("--data.data_dir", str(mnist_dir), *SHORT_TRIALS),
-        ],
-        cwd=REPO,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    with log.open("w") as stream:
+        return subprocess.Popen(
+            [
+                *(sys.executable, "-m", "lit_nnopt", "tune", "--config", str(CONFIGS / "sgd.yaml")),
+                *("--trials", str(TRIALS), "--storage", url, "--study", STUDY, "--out", str(out)),
+                *("--data.data_dir", str(mnist_dir), *SHORT_TRIALS),
+            ],
+            cwd=REPO,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
 def _children(pid: int) -> list[int]:
@@ -136,11 +137,10 @@ def test_a_killed_workers_trial_is_run_again_once_by_the_other_worker(
         study = optuna.load_study(study_name=STUDY, storage=storage)
         killed = _kill_mid_trial(doomed, tmp_path / "doomed", doomed_log, study, deadline)
         _finish(survivor, survivor_log, deadline)
-    finally:
+    finally:  # after a failure: no worker, and no fit of one, outlives the test
         for worker in (doomed, survivor):
             if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+                _kill_with_its_children(worker)
 
     trials = {trial.number: trial for trial in study.get_trials()}
     states = {number: trial.state.name for number, trial in trials.items()}
