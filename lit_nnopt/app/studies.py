@@ -11,6 +11,7 @@ failed and queued again by whichever worker notices first, so that it is taken a
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -21,6 +22,8 @@ DEFAULT_STORAGE_FILE = "study.db"
 HEARTBEAT_SECONDS = 5
 # Longer than any pause of a live worker's heartbeat thread (a busy machine, a slow database).
 GRACE_SECONDS = 30
+# Tries at opening a database whose tables another worker may be creating at the same moment.
+_OPENING_ATTEMPTS = 3
 # How long a SQLite writer waits for another process's lock before giving up.
 _SQLITE_LOCK_TIMEOUT_SECONDS = 60
 _SERVER_HELP = (
@@ -71,7 +74,7 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
             server cannot be reached; the message says which URL and how to start a server.
     """
     import optuna
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
     optuna.logging.set_verbosity(logging.WARNING)  # a line per trial would bury lit_nnopt's own progress lines
     # The heartbeat's stale-trial check and the plots are marked experimental; they are what lit_nnopt uses them for.
@@ -91,8 +94,7 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(),
         }
     try:
-        with _one_opener_at_a_time(url):
-            storage = optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **liveness)
+        storage = _first_opening(url, engine_kwargs, liveness)
     except ImportError as error:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
         missing = error.name or getattr(error.__cause__, "name", None)
         driver = f"`{missing}`" if missing else "of its URL"
@@ -105,12 +107,40 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
             f"`--storage {shown(url)}` is not a database URL: write it as SQLAlchemy does, e.g. "
             "`postgresql://USER:PASSWORD@HOST:5432/DB` or `sqlite:////absolute/path/study.db`."
         ) from None
+    except OperationalError as error:
+        raise StorageError(
+            f"cannot reach the study storage {shown(url)}: {_first_line(error)}. {_SERVER_HELP}"
+        ) from None
     except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise StorageError(f"cannot reach the study storage {shown(url)}: {reason}. {_SERVER_HELP}") from None
+        raise StorageError(f"the study storage {shown(url)} refused Optuna's tables: {_first_line(error)}.") from None
     if sqlite:
         _read_under_the_write_lock(storage.engine)
     return storage
+
+
+def _first_line(error: Exception) -> str:
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+
+
+def _first_opening(url: str, engine_kwargs: dict[str, Any], liveness: dict[str, Any]) -> Any:
+    """``RDBStorage(url)``, tried again where another worker was creating the same new database's tables.
+
+    Optuna creates the tables one by one; two machines that start on an empty server database at
+    once collide on one of them (an IntegrityError or ProgrammingError), and a second try finds them made.
+    """
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    attempt = 1
+    while True:
+        try:
+            with _one_opener_at_a_time(url):
+                return optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **liveness)
+        except (IntegrityError, ProgrammingError):
+            if attempt == _OPENING_ATTEMPTS:
+                raise
+            time.sleep(attempt)
+            attempt += 1
 
 
 def _one_opener_at_a_time(url: str) -> AbstractContextManager[Any]:
