@@ -38,6 +38,7 @@ from lit_nnopt.app.compare_runs import (
     worker_environment,
 )
 from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT, OK, SUMMARY_FILE
+from lit_nnopt.app.studies import shown_command
 from lit_nnopt.app.study_membership import membership_environment
 
 DEFAULT_OUT = "runs/comparison"
@@ -196,7 +197,7 @@ def main(argv: list[str]) -> None:
 
     options, configs, out, overrides, baseline = _parse_or_exit(argv)
     names = run_names(configs)
-    command = " ".join(["python -m lit_nnopt compare", *argv])
+    command = shown_command(["python -m lit_nnopt compare", *argv])  # no password of --storage in the files
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, highlight=False)
     study = options.study or default_study(out)

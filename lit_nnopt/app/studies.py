@@ -56,6 +56,18 @@ def shown(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def shown_command(words: list[str]) -> str:
+    """A command line to print or record, with the password of any URL in it replaced by ``***``."""
+    return " ".join(_shown_word(word) for word in words)
+
+
+def _shown_word(word: str) -> str:
+    option, equals, value = word.partition("=")
+    if equals and "://" in value:
+        return f"{option}={shown(value)}"
+    return shown(word) if "://" in word else word
+
+
 def _with_driver(url: str) -> str:
     """``url``, naming psycopg2 (what the ``postgres`` extra installs) where a PostgreSQL URL names no driver.
 
@@ -108,9 +120,13 @@ def open_storage(url: str, heartbeat: bool = True) -> Any:
             "`postgresql://USER:PASSWORD@HOST:5432/DB` or `sqlite:////absolute/path/study.db`."
         ) from None
     except OperationalError as error:
-        raise StorageError(
-            f"cannot reach the study storage {shown(url)}: {_first_line(error)}. {_SERVER_HELP}"
-        ) from None
+        reason = _first_line(error)
+        if any(word in reason.lower() for word in ("password", "authentication")):
+            raise StorageError(
+                f"the study storage {shown(url)} refused the login: {reason}. Check the user and password in the "
+                "URL (or in ~/.pgpass, with `postgresql://USER@HOST/DB`): see docs/multi-machine.md."
+            ) from None
+        raise StorageError(f"cannot reach the study storage {shown(url)}: {reason}. {_SERVER_HELP}") from None
     except SQLAlchemyError as error:
         raise StorageError(f"the study storage {shown(url)} refused Optuna's tables: {_first_line(error)}.") from None
     if sqlite:

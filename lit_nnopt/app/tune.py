@@ -42,7 +42,7 @@ from lit_nnopt.app.compare_runs import (
 )
 from lit_nnopt.app.reports import DID_NOT_LEARN_EXIT
 from lit_nnopt.app.search_space import Dimension, check_against_config, load_search_space, option_args
-from lit_nnopt.app.studies import GRACE_SECONDS, HEARTBEAT_SECONDS, open_storage, shown, storage_url
+from lit_nnopt.app.studies import GRACE_SECONDS, HEARTBEAT_SECONDS, open_storage, shown, shown_command, storage_url
 from lit_nnopt.app.study_membership import membership_environment
 from lit_nnopt.app.study_trials import TrialGivenUp, run_trial, trial_id
 from lit_nnopt.app.trial_report import PRUNED_AT_EPOCH, TrialReport
@@ -334,7 +334,7 @@ def main(argv: list[str]) -> None:
         sys.stderr.write(f"lit_nnopt: error: {error}\n")
         raise SystemExit(2) from None
     try:
-        run_search(options, console, " ".join(["python -m lit_nnopt tune", *argv]))
+        run_search(options, console, shown_command(["python -m lit_nnopt tune", *argv]))
     except Terminated:
         raise SystemExit(128 + signal.SIGTERM) from None
 

@@ -139,12 +139,24 @@ def test_python_snippet_runs(block: Snippet, tmp_path: Path, monkeypatch: pytest
 @pytest.mark.parametrize("block", _params("yaml"))
 def test_yaml_snippet_parses_with_the_cli(block: Snippet, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     snippet = yaml.safe_load(block.code)
+    if isinstance(snippet, dict) and snippet and all("." in str(key) for key in snippet):
+        _check_search_space(block, tmp_path)
+        return
     assert isinstance(snippet, dict) and snippet.keys() <= CONFIG_SECTIONS, (
         f"{block.name}: not a lit_nnopt config (top-level keys {sorted(snippet)}); mark it <!-- skip: why -->"
     )
     config = tmp_path / "snippet.yaml"
     config.write_text(block.code)
     _check_config(capsys, config, snippet)
+
+
+def _check_search_space(block: Snippet, tmp_path: Path) -> None:
+    """A search space of ``tune`` (``fit`` options as keys): each range is valid and ``fit`` takes each option."""
+    from lit_nnopt.app.search_space import check_against_config, load_search_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text(block.code)
+    check_against_config(load_search_space(space), REPO / "configs" / "adam.yaml", [], space)
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda path: path.stem)

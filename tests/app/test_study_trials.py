@@ -8,10 +8,10 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from lit_nnopt.app import studies, study_trials
-from lit_nnopt.app.studies import StorageError, open_storage
+from lit_nnopt.app.studies import StorageError, open_storage, shown_command
 from lit_nnopt.app.study_trials import TrialGivenUp, run_trial, trial_id
 
 
@@ -129,3 +129,22 @@ def test_ctrl_c_fails_the_trial_and_goes_on_up(study: optuna.Study, storage: obj
     with pytest.raises(KeyboardInterrupt):
         run_trial(study, storage, objective, study.ask())
     assert [frozen.state for frozen in study.get_trials()] == [TrialState.FAIL]
+
+
+def test_a_recorded_command_hides_the_password_of_every_url() -> None:
+    words = ["python -m lit_nnopt tune", "--storage", "postgresql://u:secret@db/s", "--storage=mysql://v:pw@h/d"]
+    assert shown_command([*words, "--trials", "3"]) == (
+        "python -m lit_nnopt tune --storage postgresql://u:***@db/s --storage=mysql://v:***@h/d --trials 3"
+    )
+
+
+def test_a_refused_login_says_so_not_that_the_server_is_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuses_the_login(url: str, **kwargs: object) -> object:
+        raise OperationalError("connect", {}, Exception('password authentication failed for user "u"'))
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", refuses_the_login)
+    with pytest.raises(StorageError) as error:
+        open_storage("postgresql://u:secret@127.0.0.1/db")
+    message = str(error.value)
+    assert message.startswith("the study storage postgresql://u:***@127.0.0.1/db refused the login: password")
+    assert "~/.pgpass" in message and "Start the server" not in message and "secret" not in message
