@@ -70,7 +70,7 @@ def test_the_application_imports_only_the_library_and_the_cli_extra():
 
 def test_the_library_needs_none_of_the_application_packages():
     library = _names(_project()["dependencies"])
-    assert not library & {"wandb", "matplotlib", "cookiecutter", "rich", "jsonargparse"}
+    assert not library & {"wandb", "matplotlib", "cookiecutter", "rich", "jsonargparse", "optuna", "sqlalchemy"}
 
 
 def test_without_the_cli_extra_the_command_names_the_install_command(monkeypatch, capsys):
