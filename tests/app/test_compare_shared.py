@@ -84,7 +84,7 @@ def test_the_default_study_is_named_after_the_output_folder(tmp_path: Path, monk
 
 
 def _jobs(*names: str, seeds: int = 2) -> list[Job]:
-    """Jobs of configs named ``names`` in the working folder (the ``url`` fixture's): a study fingerprints their content."""
+    """Jobs of configs ``names`` in the working folder (the ``url`` fixture's): a study fingerprints their content."""
     for name in names:
         Path(f"{name}.yaml").write_text(f"# {name}\n")
     return [Job(name, Path(f"{name}.yaml"), seed) for name in names for seed in range(seeds)]

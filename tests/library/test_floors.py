@@ -30,7 +30,7 @@ def test_each_floor_of_the_library_is_the_tested_version():
     requirements = [Requirement(line) for line in project["dependencies"]] + [r for r in extras if r.name in _pins()]
     pins = _pins()
     floors = {r.name: _floor(r) for r in requirements if r.name != "typing_extensions"}
-    assert set(floors) == set(pins), "every library dependency is pinned at its floor, and only those of the extras named"
+    assert set(floors) == set(pins), "every library dependency is pinned at its floor, and the extras' named ones"
     for name, floor in floors.items():
         pinned = pins[name]
         # `torch>=2.4` is tested as 2.4.1: the floor's release, to the floor's precision.
