@@ -34,7 +34,7 @@ def write_results(search: Any, command: str) -> None:
     best = max(complete, key=lambda trial: trial.value, default=None)
     if best is not None:
         _write_best_config(search, best, out / BEST_CONFIG)
-    plots = _write_plots(study, complete, out)
+    plots = _write_plots(study, complete, out, f"best {search.options.monitor}")
     _write_report(search, trials, best, plots, command, out / REPORT)
     lines = [f"{len(complete)} complete trials, {_count(trials, 'PRUNED')} pruned, {_count(trials, 'FAIL')} failed."]
     if best is not None:
@@ -105,7 +105,7 @@ def _write_best_config(search: Any, best: Any, path: Path) -> None:
     written.replace(path)
 
 
-def _write_plots(study: Any, complete: list[Any], out: Path) -> list[str]:
+def _write_plots(study: Any, complete: list[Any], out: Path, value_name: str) -> list[str]:
     """The search history and, with two or more complete trials, each parameter's importance; the files written."""
     import matplotlib
 
@@ -116,12 +116,12 @@ def _write_plots(study: Any, complete: list[Any], out: Path) -> list[str]:
     written = []
     if not complete:
         return written
-    axes = plot_optimization_history(study)
+    axes = plot_optimization_history(study, target_name=value_name)
     axes.figure.savefig(out / HISTORY_PLOT, dpi=110, bbox_inches="tight")
     plt.close(axes.figure)
     written.append(HISTORY_PLOT)
     if len(complete) >= 2 and len({tuple(sorted(trial.params.items())) for trial in complete}) >= 2:
-        axes = plot_param_importances(study)
+        axes = plot_param_importances(study, target_name=value_name)
         axes.figure.savefig(out / IMPORTANCE_PLOT, dpi=110, bbox_inches="tight")
         plt.close(axes.figure)
         written.append(IMPORTANCE_PLOT)
