@@ -28,6 +28,7 @@ from lit_nnopt.app.compare import default_study
 from lit_nnopt.app.compare_queue import MAX_ATTEMPTS, JobStopped, SharedRuns, run_shared
 from lit_nnopt.app.compare_results import Run
 from lit_nnopt.app.compare_runs import CompareUsageError, Job, RunOptions, split_run_options
+from lit_nnopt.app.studies import open_storage
 from tests.helpers import CONFIGS, REPO, run_cli
 
 STUDY = "shared"
@@ -334,10 +335,12 @@ def _lit_nnopt(*args: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow  # two comparisons at once, eight command-line runs between them
+@pytest.mark.parametrize("server", [False, True], ids=["sqlite", "postgresql"])
 def test_two_processes_on_one_study_train_each_run_once_and_both_write_the_whole_table(
-    mnist_dir: Path, tmp_path: Path
+    mnist_dir: Path, tmp_path: Path, server: bool, request: pytest.FixtureRequest
 ) -> None:
-    url = f"sqlite:///{tmp_path / 's.db'}"
+    # The second: a real PostgreSQL server over the loopback, as several machines would share it.
+    url = request.getfixturevalue("postgres_url") if server else f"sqlite:///{tmp_path / 's.db'}"
     outs = [tmp_path / "one", tmp_path / "two"]
     configs = (str(CONFIGS / "sgd.yaml"), str(CONFIGS / "momentum.yaml"))
     common = ("--seeds", "2", "--storage", url, "--study", "machines", "--workers", "1")
@@ -361,7 +364,7 @@ def test_two_processes_on_one_study_train_each_run_once_and_both_write_the_whole
         f"{name}/seed-{seed}/fit.log" for name in ("momentum", "sgd") for seed in (0, 1)
     ]
 
-    study = optuna.load_study(study_name="machines", storage=url)
+    study = optuna.load_study(study_name="machines", storage=open_storage(url, heartbeat=False))
     complete = [trial.user_attrs["job"] for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
     assert sorted(complete) == ["momentum#0", "momentum#1", "sgd#0", "sgd#1"]
     tables = [(out / "comparison.json").read_text() for out in outs]
