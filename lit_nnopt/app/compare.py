@@ -277,7 +277,11 @@ def _run_here(
     results.update({job: Run(**run) for job in jobs if (run := manifest.finished(job.key(overrides))) is not None})
     left = [job for job in jobs if job not in results]
     if results:
-        console.print(f"{len(results)} of {len(jobs)} runs already done ({manifest.path}); training {len(left)}.")
+        console.print(
+            f"{len(results)} of {len(jobs)} runs already done ({manifest.path}); training {len(left)}.",
+            markup=False,
+            soft_wrap=True,
+        )
     fit_args = {job: resume_args(job, out, manifest, overrides) for job in left}
 
     def timed(job: Job) -> tuple[Run, float]:
