@@ -231,9 +231,8 @@ def main(argv: list[str]) -> None:
             outcome_text = run.error or (cell(run, "stop_reason") if failed else f"test_acc {cell(run, 'test_acc')}")
             prefix = f"[{jobs.index(job) + 1}/{len(jobs)}] {job.label()}:"
             console.print(f"{prefix} {outcome_text} ({seconds:.0f} s)", markup=False, style="red" if failed else None)
-            _write_results(
-                jobs, results, baseline, study, out, command
-            )  # after every run: an interrupted comparison keeps it
+            # After every run: an interrupted comparison keeps what it did.
+            _write_results(jobs, results, baseline, study, out, command)
 
         if options.storage:
             from lit_nnopt.app.compare_queue import run_on_storage

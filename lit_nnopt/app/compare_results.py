@@ -104,7 +104,7 @@ def write_markdown(runs: list[Run], path: Path, command: str) -> None:
 
 def plot(runs: list[Run], path: Path) -> None:
     """Validation accuracy and loss per epoch, one line per config, side by side, one legend."""
-    from lit_nnopt.app.figures import new_figure, save_figure, style_epoch_axes
+    from lit_nnopt.app.figures import new_figure, save_validation_figure
 
     figure = new_figure(13, 4.5)
     accuracy, loss = figure.subplots(1, 2)
@@ -115,12 +115,7 @@ def plot(runs: list[Run], path: Path) -> None:
             points = [(row["epoch"], row[metric]) for row in run.history if row.get(metric) is not None]
             if points:
                 axes.plot(*zip(*points, strict=True), marker="o", markersize=3, label=run.config, **style)
-    style_epoch_axes(accuracy, "validation accuracy")
-    style_epoch_axes(loss, "validation loss")
-    handles, labels = accuracy.get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="outside right upper")
-    save_figure(figure, path, dpi=110)
+    save_validation_figure(figure, accuracy, loss, path)
 
 
 _UNWRAPPED_WIDTH = 200

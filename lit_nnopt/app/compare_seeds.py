@@ -168,7 +168,7 @@ def _per_epoch(runs: Sequence[Run], metric: str) -> list[tuple[int, float, float
 
 def plot_bands(groups: dict[str, list[Run]], path: Path) -> None:
     """Each config's mean validation accuracy and loss per epoch, with a min-max band over its seeds."""
-    from lit_nnopt.app.figures import new_figure, save_figure, style_epoch_axes
+    from lit_nnopt.app.figures import new_figure, save_validation_figure
 
     figure = new_figure(13, 4.5)
     accuracy, loss = figure.subplots(1, 2)
@@ -181,9 +181,4 @@ def plot_bands(groups: dict[str, list[Run]], path: Path) -> None:
                 epochs, means, lows, highs = zip(*points, strict=True)
                 axes.plot(epochs, means, marker="o", markersize=3, label=label, **style)
                 axes.fill_between(epochs, lows, highs, color=style["color"], alpha=0.2, linewidth=0)
-    style_epoch_axes(accuracy, "validation accuracy")
-    style_epoch_axes(loss, "validation loss")
-    handles, labels = accuracy.get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="outside right upper")
-    save_figure(figure, path, dpi=110)
+    save_validation_figure(figure, accuracy, loss, path)

@@ -109,6 +109,16 @@ def style_epoch_axes(axes: Any, title: str) -> None:
     axes.xaxis.get_major_locator().set_params(integer=True)
 
 
+def save_validation_figure(figure: Any, accuracy: Any, loss: Any, path: Path) -> None:
+    """Style the validation accuracy and loss panels, put the legend of their lines beside them, and save."""
+    style_epoch_axes(accuracy, "validation accuracy")
+    style_epoch_axes(loss, "validation loss")
+    handles, labels = accuracy.get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right upper")
+    save_figure(figure, path, dpi=110)
+
+
 def _decorate(axes: Any, title: str) -> None:
     style_epoch_axes(axes, title)
     if axes.get_legend_handles_labels()[0]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import signal
 import socket
 import sys
@@ -189,26 +190,19 @@ class Search:
                 "DIR`), or run the command with the study's own config, space, overrides and monitor to go on with it."
             )
 
-    def counts(self) -> dict[str, int]:
-        """How many of the study's trials are in each state, by state name."""
-        counts: dict[str, int] = {}
-        for trial in self.study.get_trials(deepcopy=False):
-            counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-        return counts
-
     def work(self) -> None:
         """One worker: run trials until the study has ``--trials`` finished ones, leaving none behind."""
         import optuna
 
         while not self.stopping.is_set():
             optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial is queued again
-            if self._finished_and_running(None) >= self.options.trials:
-                if self._finished_and_running(None, running=False) >= self.options.trials:
+            if self.trials_taken(math.inf) >= self.options.trials:
+                if self.trials_taken() >= self.options.trials:
                     return
                 time.sleep(HEARTBEAT_SECONDS)  # the last trials run elsewhere: if their worker dies, one comes back
                 continue
             trial = self.study.ask()  # a queued trial (stopped, or a dead worker's) first
-            if self._finished_and_running(trial.number) >= self.options.trials:
+            if self.trials_taken(trial.number) >= self.options.trials:
                 # Another worker took the last trial of the budget between our count and our ask.
                 trial.set_user_attr("over_budget", True)
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -229,14 +223,13 @@ class Search:
                         "run the same command again: finished trials are kept."
                     )
 
-    def _finished_and_running(self, before: int | None, running: bool = True) -> int:
-        """The study's complete and pruned trials, and with ``running`` its running ones numbered below ``before``."""
-        counted = ("COMPLETE", "PRUNED", "RUNNING") if running else ("COMPLETE", "PRUNED")
+    def trials_taken(self, running_below: float = 0) -> int:
+        """The study's complete and pruned trials, and its running ones numbered below ``running_below``."""
         return sum(
             1
             for trial in self.study.get_trials(deepcopy=False)
-            if trial.state.name in counted
-            and (trial.state.name != "RUNNING" or before is None or trial.number < before)
+            if trial.state.name in ("COMPLETE", "PRUNED")
+            or (trial.state.name == "RUNNING" and trial.number < running_below)
         )
 
     def objective(self, trial: Any) -> float:
@@ -356,8 +349,7 @@ def run_search(options: TuneOptions, console: Any, command: str) -> Search:
     except (CompareUsageError, SearchSpaceError) as error:
         sys.stderr.write(f"lit_nnopt: error: {error}\n")
         raise SystemExit(2) from None
-    counts = search.counts()
-    done = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+    done = search.trials_taken()
     console.print(
         f"Study `{options.study}` in {shown(search.url)}: {done} of {options.trials} trials done; "
         f"{options.workers} worker{'s' if options.workers > 1 else ''} on this machine.",
